@@ -1,0 +1,84 @@
+"""The connection test step: can this source be copied as configured? One line per problem.
+
+Checks: Snowflake login, every table exists and is readable (a ``SELECT ... LIMIT 0`` as the
+configured role), PostgreSQL login, and that each target schema can be created or written
+(tried inside a transaction that is rolled back, so nothing is written).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cm_datacopy import source
+from cm_datacopy.config import SourceConfig
+from cm_datacopy.errors import DatacopyError
+from cm_datacopy.redact import redact
+from cm_datacopy.sql import sf_ident
+
+
+def check_source(cfg: SourceConfig) -> list[str]:
+    """Problems found (empty: ready to copy)."""
+    problems: list[str] = []
+    problems += _check_snowflake(cfg)
+    problems += _check_postgres(cfg)
+    return [redact(p) for p in problems]
+
+
+def _check_snowflake(cfg: SourceConfig) -> list[str]:
+    problems = []
+    try:
+        with source.connect(cfg.snowflake) as sf:
+            for table in cfg.tables:
+                ref = source.table_ref(cfg.snowflake, table)
+                try:
+                    source.describe_table(sf, cfg.snowflake, table)
+                    cols = sf_ident(table.chunk_key) if table.chunk_key else "1"
+                    sf.cursor().execute(f"SELECT {cols} FROM {ref} LIMIT 0")
+                except DatacopyError as exc:
+                    problems.append(f"snowflake: {exc}")
+                except Exception as exc:
+                    problems.append(f"snowflake: cannot read {ref}: {str(exc).splitlines()[0][:300]}")
+    except DatacopyError as exc:
+        problems.append(f"snowflake: {exc}")
+    return problems
+
+
+def _check_postgres(cfg: SourceConfig) -> list[str]:
+    pg_cfg = cfg.postgres
+    try:
+        conn = psycopg.connect(**pg_cfg.connect_kwargs())
+    except DatacopyError as exc:
+        return [f"postgres: {exc}"]
+    except psycopg.OperationalError as exc:
+        text = str(exc)
+        if "password authentication failed" in text:
+            hint = f"wrong password for user {pg_cfg.user!r} (check {pg_cfg.password_env or 'password_env'})"
+        elif "does not exist" in text:
+            hint = text.strip().splitlines()[-1]
+        else:
+            hint = f"cannot reach {pg_cfg.host}:{pg_cfg.port}: {text.strip().splitlines()[-1][:300]}"
+        return [f"postgres: {hint}"]
+    problems = []
+    with conn:
+        for schema in sorted({t.target_schema for t in cfg.tables} | {"migration_status"}):
+            try:
+                with conn.transaction(force_rollback=True), conn.cursor() as cur:
+                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                    cur.execute(
+                        sql.SQL("CREATE TABLE {} (probe integer)").format(
+                            sql.Identifier(schema, "cm_datacopy_write_probe")
+                        )
+                    )
+            except psycopg.Error as exc:
+                problems.append(
+                    f"postgres: user {pg_cfg.user!r} cannot create tables in schema {schema!r}: "
+                    f"{_first_line(exc)}; grant CREATE on the schema (or on the database to create it)"
+                )
+    return problems
+
+
+def _first_line(exc: Any) -> str:
+    return str(exc).strip().splitlines()[0][:300]

@@ -1,0 +1,217 @@
+"""``cm-datacopy``: the seed's workflow steps as commands, for use without the Dagster UI."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cm_datacopy import status as status_mod
+from cm_datacopy.check import check_source
+from cm_datacopy.config import CONFIG_ENV, load_config
+from cm_datacopy.errors import ChunkError, DatacopyError
+from cm_datacopy.redact import RedactingFilter, redact
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    for noisy in ("snowflake.connector", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A DatacopyError becomes one red message and its exit code, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DatacopyError as exc:
+            err_console.print(f"[red]error:[/red] {redact(str(exc))}", markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+@click.group()
+@click.option("--config", "-c", "config_file", envvar=CONFIG_ENV, help="config file (default: ./cm_datacopy.yaml)")
+@click.option("--verbose", "-v", is_flag=True, help="log progress details")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
+    """Copy Snowflake tables into PostgreSQL in chunks that resume and never duplicate."""
+    _setup_logging(verbose)
+    ctx.obj = {"config_file": config_file}
+
+
+def _source(ctx: click.Context, name: str | None) -> Any:
+    return load_config(ctx.obj["config_file"]).source(name)
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.pass_context
+@_user_errors
+def validate(ctx: click.Context, source: str | None) -> None:
+    """Validate the config file (all sources, or SOURCE). Writes nothing."""
+    config = load_config(ctx.obj["config_file"])
+    names = [config.source(source).name] if source else list(config.sources)
+    for name in names:
+        cfg = config.sources[name]
+        console.print(f"[green]ok[/green] {name}: {len(cfg.tables)} tables → {cfg.postgres.host}/{cfg.postgres.dbname}")
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.pass_context
+@_user_errors
+def check(ctx: click.Context, source: str | None) -> None:
+    """Test the connections: Snowflake login and tables, PostgreSQL login and write access."""
+    cfg = _source(ctx, source)
+    problems = check_source(cfg)
+    for problem in problems:
+        err_console.print(f"[red]✗[/red] {problem}", soft_wrap=True)
+    if problems:
+        sys.exit(2)
+    console.print(
+        f"[green]ok[/green] {cfg.name}: Snowflake and PostgreSQL reachable, {len(cfg.tables)} tables readable"
+    )
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.pass_context
+@_user_errors
+def plan(ctx: click.Context, source: str | None) -> None:
+    """Print the type plan and chunk plan of every table. Writes nothing."""
+    from cm_datacopy.planning import preview
+
+    cfg = _source(ctx, source)
+    for table_plan in preview(cfg):
+        t = table_plan.table
+        state = "exists, fits" if table_plan.target_exists else "will be created"
+        console.print(f"\n[bold]{table_plan.source_ref}[/bold] → {t.key} ({state})")
+        types = Table("column", "Snowflake", "PostgreSQL", "nullable")
+        for col in table_plan.columns:
+            types.add_row(f"{col.source_name} → {col.target_name}", col.snowflake_type, col.pg_type, str(col.nullable))
+        console.print(types)
+        chunks = Table("chunk", "range")
+        shown = table_plan.chunks if len(table_plan.chunks) <= 12 else [*table_plan.chunks[:6], *table_plan.chunks[-6:]]
+        for chunk in shown:
+            chunks.add_row(f"{chunk.index:05d}", chunk.describe())
+        console.print(
+            f"{len(table_plan.chunks)} chunks by {t.chunk_key or '(no key: one chunk)'}, ~{t.chunk_size} rows each"
+        )
+        console.print(chunks)
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.option("--no-resume", is_flag=True, default=None, help="start a new run even if one can be resumed")
+@click.pass_context
+@_user_errors
+def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
+    """Copy SOURCE: resume its newest unfinished run (within resume_max_age) or start a new one."""
+    from cm_datacopy.runner import run_source
+
+    cfg = _source(ctx, source)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rows]:,} rows"),
+        console=console,
+        transient=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(cfg.name, total=None, rows=0)
+
+        def progress(kind: str, item: Any) -> None:
+            if kind == "start":
+                bar.console.print(f"{cfg.name}: {item.reason}")
+            elif kind == "plan":
+                bar.update(task, total=len(item))
+            elif kind == "chunk":
+                bar.update(task, advance=1, rows=bar.tasks[task].fields["rows"] + item.rows)
+            elif kind == "failed" and isinstance(item, ChunkError):
+                bar.console.print(f"[red]✗[/red] {item}", soft_wrap=True)
+
+        outcome = run_source(cfg, no_resume=no_resume, progress=progress)
+    colour = "green" if outcome.status == "completed" else "red"
+    console.print(
+        f"[{colour}]{outcome.status}[/{colour}] run {outcome.run_id}: {outcome.chunks_copied} chunks, "
+        f"{outcome.rows:,} rows in {outcome.seconds:.1f} s ({outcome.rows_per_second:,.0f} rows/s)"
+    )
+    if outcome.status != "completed":
+        console.print(f"run 'cm-datacopy run {cfg.name}' again to resume; 'cm-datacopy status {cfg.name}' shows errors")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("source", required=False)
+@click.option("--run-id", help="a specific run (default: the newest)")
+@click.pass_context
+@_user_errors
+def status(ctx: click.Context, source: str | None, run_id: str | None) -> None:
+    """Per table: chunks done/total, rows, attempts; failed chunks with their last error."""
+    cfg = _source(ctx, source)
+    with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+        print_status(pg, cfg.name, run_id)
+
+
+def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = None) -> None:
+    report = status_mod.run_status(pg, source, run_id)
+    if report is None:
+        console.print(f"no runs of {source}" + (f" with id {run_id}" if run_id else ""))
+        return
+    run = report.run
+    console.print(
+        f"[bold]{source}[/bold] run {run['run_id']}: {run['status']}, "
+        f"started {run['started_at']:%Y-%m-%d %H:%M:%S %Z}, resumes {run['resume_attempt_count']}"
+    )
+    table = Table("table", "status", "chunks done/total", "failed", "rows", "attempts")
+    for t in report.tables:
+        table.add_row(
+            t["table_key"],
+            t["status"],
+            f"{t['chunks_done']}/{t['chunks_total']}",
+            str(t["chunks_failed"]),
+            f"{t['rows_copied']:,}",
+            str(t["attempts"]),
+        )
+    console.print(table)
+    if report.open_chunks:
+        failed = Table("chunk", "attempts", "last error")
+        for c in report.open_chunks:
+            failed.add_row(
+                f"{c['table_key']}#{c['chunk_index']:05d}", str(c["attempts"]), c["last_error"] or "(running)"
+            )
+        console.print(failed)
+
+
+@main.command()
+@click.option("--workdir", default=".demo", show_default=True, help="where the demo keeps its servers' files")
+@click.option("--rows", default=20_000, show_default=True, help="rows per sample table")
+@_user_errors
+def demo(workdir: str, rows: int) -> None:
+    """A whole migration on embedded stand-ins: fakesnow as Snowflake, an embedded PostgreSQL."""
+    from cm_datacopy.demo import run_demo
+
+    sys.exit(run_demo(workdir, rows, console))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Source configuration: one YAML file holding every source.
+
+Secrets never live in the file: it names the environment variables that hold them, and the
+values are read only when a connection is opened (as ``SecretStr``, so they never print).
+Validation is its own step (``cm-datacopy validate``) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from cm_datacopy.errors import ConfigError
+from cm_datacopy.redact import remember
+
+DEFAULT_CONFIG_FILE = "cm_datacopy.yaml"
+CONFIG_ENV = "CM_DATACOPY_CONFIG"
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EnvName = Annotated[str, Field(description="name of an environment variable", min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name (letters, digits, _)")
+    return value
+
+
+def read_secret(env_name: str, what: str) -> SecretStr:
+    """The value of a secret's environment variable; an error names the variable, never a value."""
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"{what}: environment variable {env_name} is not set; export it before running")
+    remember(value)
+    return SecretStr(value)
+
+
+class SnowflakeConfig(_Strict):
+    """How to reach the Snowflake account. Exactly one of password or key-pair auth."""
+
+    account: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    database: str = Field(min_length=1)
+    schema_: str = Field(default="PUBLIC", alias="schema", min_length=1)
+    warehouse: str | None = None
+    role: str | None = None
+    password_env: EnvName | None = None
+    private_key_file_env: EnvName | None = Field(
+        default=None, description="variable holding the path of a PEM private key file"
+    )
+    private_key_passphrase_env: EnvName | None = None
+    host: str | None = Field(default=None, description="only for private links and the local stand-in")
+    port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal["https", "http"] = "https"
+    login_timeout_seconds: int = Field(default=30, ge=1)
+    time_travel: bool = Field(default=True, description="read every chunk AT the run's start time")
+
+    _names = field_validator("password_env", "private_key_file_env", "private_key_passphrase_env")(
+        classmethod(lambda cls, v: _check_env_name(v))
+    )
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SnowflakeConfig:
+        if bool(self.password_env) == bool(self.private_key_file_env):
+            raise ValueError("set exactly one of password_env or private_key_file_env (key-pair auth)")
+        if self.private_key_passphrase_env and not self.private_key_file_env:
+            raise ValueError("private_key_passphrase_env needs private_key_file_env")
+        return self
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Arguments for ``snowflake.connector.connect``; reads the secrets from the environment now."""
+        kwargs: dict[str, Any] = {
+            "account": self.account,
+            "user": self.user,
+            "database": self.database,
+            "schema": self.schema_,
+            "login_timeout": self.login_timeout_seconds,
+            "network_timeout": max(self.login_timeout_seconds, 60),
+            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False, "TIMEZONE": "UTC"},
+            "application": "cm_datacopy",
+            "paramstyle": "qmark",  # server-side binding: identifiers may hold % safely
+        }
+        for key in ("warehouse", "role", "host", "port"):
+            if (value := getattr(self, key)) is not None:
+                kwargs[key] = value
+        kwargs["protocol"] = self.protocol
+        if self.password_env:
+            kwargs["password"] = read_secret(self.password_env, "snowflake.password_env").get_secret_value()
+        else:
+            assert self.private_key_file_env
+            key_path = Path(read_secret(self.private_key_file_env, "snowflake.private_key_file_env").get_secret_value())
+            if not key_path.is_file():
+                raise ConfigError(
+                    f"snowflake.private_key_file_env: {self.private_key_file_env} names a file that does not exist"
+                )
+            kwargs["private_key_file"] = str(key_path)
+            if self.private_key_passphrase_env:
+                kwargs["private_key_file_pwd"] = read_secret(
+                    self.private_key_passphrase_env, "snowflake.private_key_passphrase_env"
+                ).get_secret_value()
+        return kwargs
+
+
+class PostgresConfig(_Strict):
+    """The target PostgreSQL; the ledger (schema ``migration_status``) lives there too."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: str = Field(min_length=1)
+    user: str = Field(min_length=1)
+    password_env: EnvName | None = None
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    connect_timeout_seconds: int = Field(default=10, ge=1)
+
+    _names = field_validator("password_env")(classmethod(lambda cls, v: _check_env_name(v)))
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.dbname,
+            "user": self.user,
+            "sslmode": self.sslmode,
+            "connect_timeout": self.connect_timeout_seconds,
+            "application_name": "cm_datacopy",
+            # A worker that dies or freezes must not hold locks for long: the server probes the peer.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        if self.password_env:
+            kwargs["password"] = read_secret(self.password_env, "postgres.password_env").get_secret_value()
+        return kwargs
+
+
+class TableConfig(_Strict):
+    """One table to copy. Names are exact (Snowflake stores unquoted names in upper case)."""
+
+    source: str = Field(min_length=1, description="table name in Snowflake")
+    source_schema: str | None = Field(default=None, description="defaults to snowflake.schema")
+    target_schema: str = Field(min_length=1)
+    target: str | None = Field(default=None, description="target table name; defaults to source, lower-cased")
+    chunk_key: str | None = Field(default=None, description="numeric, date or timestamp column; none = one chunk")
+    chunk_size: int = Field(default=100_000, ge=1, description="rows per chunk, approximately")
+
+    @field_validator("source", "source_schema", "target_schema", "target", "chunk_key")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and ("\x00" in value or len(value.encode()) > 255):
+            raise ValueError("identifiers must not hold NUL bytes and must be at most 255 bytes")
+        return value
+
+    @property
+    def target_name(self) -> str:
+        return self.target or (self.source.lower() if self.source.isupper() else self.source)
+
+    @property
+    def key(self) -> str:
+        """The table's name in the ledger and in partition keys."""
+        return f"{self.target_schema}.{self.target_name}"
+
+
+class SourceConfig(_Strict):
+    """A source: one Snowflake account, one PostgreSQL target, its tables and its resume rules."""
+
+    name: str
+    snowflake: SnowflakeConfig
+    postgres: PostgresConfig
+    tables: list[TableConfig] = Field(min_length=1)
+    resume_max_age_hours: float = Field(default=12, gt=0)
+    no_resume: bool = False
+    max_resume_attempts: int = Field(default=5, ge=0, description="automatic resumes before giving up")
+    chunk_timeout_seconds: int = Field(
+        default=900, ge=5, description="a chunk's transaction is cut by PostgreSQL after this long"
+    )
+    lock_timeout_seconds: int = Field(default=30, ge=1)
+    workers: int = Field(default=1, ge=1, le=64, description="chunks copied at once within this source")
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> SourceConfig:
+        seen: set[str] = set()
+        for table in self.tables:
+            if table.key in seen:
+                raise ValueError(f"two tables write into {table.key}")
+            seen.add(table.key)
+        return self
+
+    def table(self, key: str) -> TableConfig:
+        for table in self.tables:
+            if table.key == key:
+                return table
+        raise ConfigError(f"source {self.name!r} has no table {key!r}; known: {', '.join(t.key for t in self.tables)}")
+
+    def fingerprint(self) -> str:
+        """What decides which rows land where; a run is resumed only under the same fingerprint."""
+        material = {
+            "snowflake": {"account": self.snowflake.account, "database": self.snowflake.database},
+            "tables": [t.model_dump() for t in self.tables],
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _FileModel(_Strict):
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+_SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_DEFAULTABLE = {
+    "resume_max_age_hours",
+    "no_resume",
+    "max_resume_attempts",
+    "chunk_timeout_seconds",
+    "lock_timeout_seconds",
+    "workers",
+    "postgres",
+}
+
+
+class Config(BaseModel):
+    """Every configured source, read from one file."""
+
+    model_config = ConfigDict(frozen=True)
+    path: Path
+    sources: dict[str, SourceConfig]
+
+    def source(self, name: str | None) -> SourceConfig:
+        if name is None:
+            if len(self.sources) == 1:
+                return next(iter(self.sources.values()))
+            raise ConfigError(f"{self.path}: several sources are configured; name one of: {', '.join(self.sources)}")
+        if name not in self.sources:
+            raise ConfigError(f"{self.path}: no source named {name!r}; configured: {', '.join(self.sources)}")
+        return self.sources[name]
+
+
+def config_path(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def _format_error(path: Path, prefix: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling"
+        elif item["type"] == "missing":
+            message = "required field is missing; add it"
+        lines.append(f"{path}: {loc}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate the file; raise ``ConfigError`` naming the file, the field and the fix."""
+    path = config_path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass --config FILE or set {CONFIG_ENV}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping with a 'sources' key")
+    try:
+        file_model = _FileModel.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, "", exc)) from None
+    unknown_defaults = set(file_model.defaults) - _DEFAULTABLE
+    if unknown_defaults:
+        raise ConfigError(
+            f"{path}: defaults.{sorted(unknown_defaults)[0]}: not a default; allowed: {', '.join(sorted(_DEFAULTABLE))}"
+        )
+    sources: dict[str, SourceConfig] = {}
+    errors: list[str] = []
+    for name, body in file_model.sources.items():
+        if not _SOURCE_NAME.match(str(name)):
+            errors.append(f"{path}: sources.{name}: source names are lower-case letters, digits and _")
+            continue
+        if not isinstance(body, dict):
+            errors.append(f"{path}: sources.{name}: must be a mapping")
+            continue
+        merged = {**file_model.defaults, **body, "name": name}
+        try:
+            sources[name] = SourceConfig.model_validate(merged)
+        except ValidationError as exc:
+            errors.append(_format_error(path, f"sources.{name}", exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Config(path=path, sources=sources)

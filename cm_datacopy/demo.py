@@ -1,0 +1,181 @@
+"""``cm-datacopy demo``: a whole migration on embedded stand-ins, on a machine with no database.
+
+Starts fakesnow (Snowflake's API) seeded with sample ``analytics`` and ``conflict`` tables and an
+embedded PostgreSQL (unless ``CM_DATACOPY_DEMO_POSTGRES`` names one, as a libpq conninfo), writes a
+config derived from the shipped ``cm_datacopy.yaml``, runs both sources in parallel, kills one
+mid-way with SIGKILL, resumes it, and prints the status and a source-vs-target row count check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from rich.console import Console
+from rich.table import Table
+
+from cm_datacopy import source as source_mod
+from cm_datacopy.config import SourceConfig, load_config
+from cm_datacopy.standin import snowflake as standin_snowflake
+from cm_datacopy.standin.postgres import embedded_postgres
+from cm_datacopy.standin.sample import create_sample_tables
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "cm_datacopy.yaml"
+PASSWORD_ENV = "CM_DATACOPY_DEMO_SNOWFLAKE_PASSWORD"
+POSTGRES_ENV = "CM_DATACOPY_DEMO_POSTGRES"
+
+
+def demo_config(shipped: Path, sf: standin_snowflake.StandinSnowflake, pg: dict[str, Any], out: Path) -> Path:
+    """The shipped sources, pointed at the stand-ins (password auth for both)."""
+    raw = yaml.safe_load(shipped.read_text(encoding="utf-8"))
+    raw.setdefault("defaults", {})["postgres"] = {k: v for k, v in pg.items() if v is not None}
+    for body in raw["sources"].values():
+        body["postgres"] = raw["defaults"]["postgres"]
+        snow = body["snowflake"]
+        for key in ("private_key_file_env", "private_key_passphrase_env", "warehouse", "role"):
+            snow.pop(key, None)
+        snow.update(
+            account=sf.account, user=sf.user, password_env=PASSWORD_ENV, host=sf.host, port=sf.port, protocol="http"
+        )
+    out.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def _cli(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cm_datacopy.cli", "--config", str(config), *args]
+
+
+def _done_chunks(pg: psycopg.Connection[Any], source: str) -> int:
+    row = pg.execute(
+        "SELECT count(*) FROM migration_status.migration_chunk_status c JOIN migration_status.migration_runs r "
+        "USING (run_id) WHERE r.source = %s AND c.status = 'done'",
+        (source,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _ledger_ready(pg: psycopg.Connection[Any]) -> bool:
+    row = pg.execute("SELECT to_regclass('migration_status.migration_chunk_status') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def run_demo(workdir: str, rows: int, console: Console) -> int:
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(16)
+    os.environ[PASSWORD_ENV] = password
+    with contextlib.ExitStack() as stack:
+        t0 = time.monotonic()
+        sf = stack.enter_context(standin_snowflake.running(password, work))
+        console.print(f"[bold]1.[/bold] Snowflake stand-in (fakesnow) on {sf.host}:{sf.port}")
+        import snowflake.connector
+
+        with contextlib.closing(snowflake.connector.connect(**sf.connect_kwargs())) as conn:
+            counts = create_sample_tables(conn, rows)
+        console.print("   sample tables: " + ", ".join(f"{k} ({v:,} rows)" for k, v in counts.items()))
+
+        if os.environ.get(POSTGRES_ENV):
+            pg_kwargs: dict[str, Any] = conninfo_to_dict(os.environ[POSTGRES_ENV])
+            where = f"{POSTGRES_ENV}"
+        else:
+            pg_kwargs = stack.enter_context(embedded_postgres(work / "postgres"))
+            where = f"embedded PostgreSQL at {pg_kwargs['host']}"
+        _fresh_database(pg_kwargs)
+        pg_kwargs["dbname"] = "cm_datacopy_demo"
+        console.print(f"[bold]2.[/bold] PostgreSQL: {where}, database cm_datacopy_demo ({time.monotonic() - t0:.1f} s)")
+
+        config = demo_config(SHIPPED_CONFIG, sf, pg_kwargs, work / "cm_datacopy.yaml")
+        loaded = load_config(config)
+        console.print(f"[bold]3.[/bold] config {config} (the shipped sources, pointed at the stand-ins)")
+        for name in loaded.sources:
+            check = subprocess.run(_cli(config, "check", name), capture_output=True, text=True)
+            console.print(f"   check {name}: {(check.stdout or check.stderr).strip()}")
+            if check.returncode:
+                return check.returncode
+
+        console.print("[bold]4.[/bold] running analytics and conflict in parallel; analytics is killed mid-way")
+        procs = {
+            name: subprocess.Popen(
+                _cli(config, "run", name), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+            for name in ("analytics", "conflict")
+        }
+        killed_after = _kill_mid_way(procs["analytics"], pg_kwargs, "analytics")
+        outputs = {name: proc.communicate()[0] for name, proc in procs.items()}
+        if killed_after is None:
+            console.print("   analytics finished before it could be interrupted (a very fast machine)")
+        else:
+            console.print(f"   analytics killed with SIGKILL after {killed_after} chunks were committed")
+        console.print("   conflict: " + _last_line(outputs["conflict"]))
+
+        from cm_datacopy.cli import print_status
+
+        with psycopg.connect(**pg_kwargs) as pg:
+            print_status(pg, "analytics")
+        console.print("[bold]5.[/bold] cm-datacopy run analytics (resumes the interrupted run)")
+        resumed = subprocess.run(_cli(config, "run", "analytics"), capture_output=True, text=True)
+        for line in resumed.stdout.strip().splitlines():
+            console.print("   " + line)
+
+        console.print("[bold]6.[/bold] status and source-vs-target row counts")
+        ok = resumed.returncode == 0
+        with psycopg.connect(**pg_kwargs) as pg:
+            for name, cfg in loaded.sources.items():
+                print_status(pg, name)
+                ok &= _compare_counts(cfg, pg, console)
+        console.print(
+            f"[{'green' if ok else 'red'}]demo {'succeeded' if ok else 'FAILED'}[/] in {time.monotonic() - t0:.1f} s"
+        )
+        return 0 if ok else 1
+    return 1
+
+
+def _fresh_database(pg_kwargs: dict[str, Any]) -> None:
+    with psycopg.connect(**pg_kwargs, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS cm_datacopy_demo WITH (FORCE)")
+        admin.execute("CREATE DATABASE cm_datacopy_demo")
+
+
+def _kill_mid_way(proc: subprocess.Popen[str], pg_kwargs: dict[str, Any], source: str) -> int | None:
+    """SIGKILL the run once a few of its chunks are committed; returns how many were."""
+    with psycopg.connect(**pg_kwargs, autocommit=True) as pg:
+        while proc.poll() is None:
+            if _ledger_ready(pg) and (done := _done_chunks(pg, source)) >= 3:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return done
+            time.sleep(0.02)
+    return None
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def _compare_counts(cfg: SourceConfig, pg: psycopg.Connection[Any], console: Console) -> bool:
+    table = Table("source table", "Snowflake rows", "PostgreSQL rows", "match")
+    ok = True
+    with source_mod.connect(cfg.snowflake) as sf:
+        for t in cfg.tables:
+            ref = source_mod.table_ref(cfg.snowflake, t)
+            src = source_mod.count_rows(sf, ref, None, None)
+            row = pg.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t.target_schema, t.target_name))
+            ).fetchone()
+            dst = int(row[0]) if row else -1
+            ok &= src == dst
+            table.add_row(ref, f"{src:,}", f"{dst:,}", "[green]yes[/green]" if src == dst else "[red]NO[/red]")
+    console.print(table)
+    return ok

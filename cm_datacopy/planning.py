@@ -1,0 +1,129 @@
+"""From config to a stored run: the type plan and chunk plan of every table, or a resumed run.
+
+``preview`` reads both databases and writes nothing (``cm-datacopy plan``); ``start_or_resume``
+applies the seed's resume rules and stores the plan, so a resume copies exactly the same chunks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from cm_datacopy import ledger, source, target
+from cm_datacopy.chunks import Chunk, plan_chunks
+from cm_datacopy.config import SourceConfig, TableConfig
+from cm_datacopy.errors import PlanError
+from cm_datacopy.typeplan import ColumnPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    table: TableConfig
+    source_ref: str
+    columns: list[ColumnPlan]
+    chunks: list[Chunk]
+    target_exists: bool
+
+
+def plan_tables(
+    cfg: SourceConfig, sf: Any, pg: psycopg.Connection[Any], snapshot_at: dt.datetime | None
+) -> list[TablePlan]:
+    """Describe every table, check its target fits, and cut it into chunks. Writes nothing."""
+    plans, problems = [], []
+    for table in cfg.tables:
+        try:
+            columns = source.describe_table(sf, cfg.snowflake, table)
+            exists = target.check_fits(pg, table.target_schema, table.target_name, columns)
+        except PlanError as exc:
+            problems.append(str(exc))
+            continue
+        ref = source.table_ref(cfg.snowflake, table)
+        key = next((c for c in columns if c.source_name == table.chunk_key), None)
+        bounds = (
+            source.chunk_boundaries(sf, ref, key.source_name, table.chunk_size, snapshot_at) if key is not None else []
+        )
+        chunks = plan_chunks(table.key, key.source_name if key else None, key.key_kind if key else None, bounds)
+        plans.append(TablePlan(table, ref, columns, chunks, exists))
+    if problems:
+        raise PlanError("\n".join(problems))
+    return plans
+
+
+def _snapshot_time(cfg: SourceConfig, sf: Any) -> dt.datetime | None:
+    """The run's read point (Time Travel), or None where the source cannot read at a point in time."""
+    if not cfg.snowflake.time_travel:
+        return None
+    cur = sf.cursor()
+    cur.execute("SELECT CURRENT_TIMESTAMP()")
+    now = cur.fetchone()[0]
+    now = now if now.tzinfo else now.replace(tzinfo=dt.UTC)
+    for table in cfg.tables:
+        if not source.supports_time_travel(sf, source.table_ref(cfg.snowflake, table), now):
+            return None
+    return now
+
+
+def preview(cfg: SourceConfig) -> list[TablePlan]:
+    with source.connect(cfg.snowflake) as sf, psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+        return plan_tables(cfg, sf, pg, None)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    run_id: str
+    resumed: bool
+    resume_attempt_count: int
+    reason: str
+
+
+def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume: bool | None = None) -> RunStart:
+    """The seed's rules: resume the newest unfinished run younger than ``resume_max_age_hours``,
+    unless ``no_resume``; otherwise plan and store a new run. The caller holds the source lock."""
+    ledger.ensure_schema(pg)
+    no_resume = cfg.no_resume if no_resume is None else no_resume
+    candidate = None if no_resume else ledger.find_resumable(pg, cfg.name, cfg.resume_max_age_hours)
+    if candidate is not None and candidate.config_fingerprint == cfg.fingerprint():
+        count = ledger.mark_resumed(pg, candidate.run_id)
+        return RunStart(candidate.run_id, True, count, f"resuming run {candidate.run_id} (resume #{count})")
+    if no_resume:
+        reason = "starting a new run (no_resume)"
+    elif candidate is not None:
+        reason = f"starting a new run: the configuration changed since run {candidate.run_id}"
+    else:
+        latest = ledger.latest_run(pg, cfg.name)
+        if latest is not None and latest.status != "completed":
+            reason = (
+                f"starting a new run: run {latest.run_id} is older than resume_max_age ({cfg.resume_max_age_hours:g} h)"
+            )
+        else:
+            reason = "starting a new run"
+    run_id = ledger.new_run_id(cfg.name)
+    with source.connect(cfg.snowflake) as sf:
+        snapshot_at = _snapshot_time(cfg, sf)
+        plans = plan_tables(cfg, sf, pg, snapshot_at)
+    for plan in plans:
+        target.ensure_table(pg, plan.table.target_schema, plan.table.target_name, plan.columns)
+    entries = [
+        (
+            ledger.TableEntry(
+                run_id=run_id,
+                table_key=plan.table.key,
+                source_table=plan.source_ref,
+                target_schema=plan.table.target_schema,
+                target_table=plan.table.target_name,
+                load_schema=plan.table.target_schema,
+                load_table=plan.table.target_name,
+                columns=plan.columns,
+            ),
+            plan.chunks,
+        )
+        for plan in plans
+    ]
+    ledger.create_run(pg, cfg.name, cfg.fingerprint(), snapshot_at, no_resume, entries)
+    return RunStart(run_id, False, 0, reason)

@@ -1,0 +1,90 @@
+"""Run a source to the end from one process: start or resume, copy every open chunk, finish.
+
+This is what ``cm-datacopy run`` does; the Dagster layer does the same steps as separate runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import psycopg
+
+from cm_datacopy import ledger
+from cm_datacopy.chunks import Chunk
+from cm_datacopy.config import SourceConfig
+from cm_datacopy.copy import ChunkResult, Connections, copy_chunk
+from cm_datacopy.errors import ChunkError, DatacopyError
+from cm_datacopy.lock import SourceLock
+from cm_datacopy.planning import RunStart, start_or_resume
+
+
+@dataclass
+class RunOutcome:
+    start: RunStart
+    status: str = "running"
+    chunks_total: int = 0
+    chunks_copied: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return self.start.run_id
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+Progress = Callable[[str, ChunkResult | ChunkError | RunStart | list[Chunk]], None]
+
+
+def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Progress | None = None) -> RunOutcome:
+    """Copy the source's open chunks with ``cfg.workers`` threads; the run's status is in the ledger."""
+    notify = progress or (lambda _kind, _item: None)
+    with SourceLock(cfg) as lock, psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+        start = start_or_resume(cfg, pg, no_resume=no_resume)
+        notify("start", start)
+        outcome = RunOutcome(start)
+        todo = ledger.chunks(pg, start.run_id, open_only=True)
+        outcome.chunks_total = len(todo)
+        notify("plan", todo)
+        local = threading.local()
+        opened: list[Connections] = []
+
+        def work(chunk: Chunk) -> ChunkResult:
+            if lock.lost.is_set():
+                raise DatacopyError("lost the source lock (the session was ended); stopping")
+            if not hasattr(local, "conns"):
+                local.conns = Connections(cfg)
+                opened.append(local.conns)
+            return copy_chunk(cfg, start.run_id, chunk.table_key, chunk.index, connections=local.conns)
+
+        began = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=f"copy-{cfg.name}") as pool:
+                futures = [pool.submit(work, chunk) for chunk in todo]
+                for future in as_completed(futures):
+                    try:
+                        result = future.result()
+                    except ChunkError as exc:
+                        outcome.errors.append(str(exc))
+                        notify("failed", exc)
+                        continue
+                    except DatacopyError as exc:
+                        outcome.errors.append(str(exc))
+                        continue
+                    outcome.chunks_copied += result.outcome == "copied"
+                    outcome.rows += result.rows
+                    notify("chunk", result)
+        finally:
+            for conns in opened:
+                conns.close()
+            outcome.seconds = time.monotonic() - began
+            outcome.status = ledger.finish_run(pg, start.run_id)
+        return outcome
