@@ -20,8 +20,8 @@ from cm_datacopy.config import CONFIG_ENV, load_config
 from cm_datacopy.errors import ChunkError, DatacopyError
 from cm_datacopy.redact import RedactingFilter, redact
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _setup_logging(verbose: bool) -> None:
