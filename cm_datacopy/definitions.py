@@ -1,0 +1,5 @@
+"""Dagster definitions (filled in by the Dagster layer)."""
+
+import dagster as dg
+
+defs = dg.Definitions()
