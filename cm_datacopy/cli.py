@@ -148,6 +148,10 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
                 bar.update(task, advance=1, rows=bar.tasks[task].fields["rows"] + item.rows)
             elif kind == "failed" and isinstance(item, ChunkError):
                 bar.console.print(f"[red]✗[/red] {item}", soft_wrap=True)
+            elif kind == "published" and item.published:
+                bar.console.print(f"published {item.table_key}: {item.rows:,} rows replaced {item.replaced_rows:,}")
+            elif kind == "publish_refused":
+                bar.console.print(f"[red]✗[/red] {item}", soft_wrap=True)
 
         outcome = run_source(cfg, no_resume=no_resume, progress=progress)
     colour = "green" if outcome.status == "completed" else "red"

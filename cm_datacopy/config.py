@@ -154,6 +154,15 @@ class TableConfig(_Strict):
     target: str | None = Field(default=None, description="target table name; defaults to source, lower-cased")
     chunk_key: str | None = Field(default=None, description="numeric, date or timestamp column; none = one chunk")
     chunk_size: int = Field(default=100_000, ge=1, description="rows per chunk, approximately")
+    mode: Literal["publish", "in_place"] = Field(
+        default="publish",
+        description="publish: load a shadow table, swap it in when every chunk is verified (readers never see "
+        "a half-loaded table); in_place: chunks replace their key range in the target directly (for tables too "
+        "big to hold twice)",
+    )
+    publish_min_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="refuse a publish whose row count falls below this share of the old"
+    )
 
     @field_validator("source", "source_schema", "target_schema", "target", "chunk_key")
     @classmethod
@@ -187,6 +196,11 @@ class SourceConfig(_Strict):
     )
     lock_timeout_seconds: int = Field(default=30, ge=1)
     workers: int = Field(default=1, ge=1, le=64, description="chunks copied at once within this source")
+    verify: bool = Field(default=True, description="checksum every chunk on both sides inside its transaction")
+    nul_bytes: Literal["fail", "replace"] = Field(
+        default="fail", description="PostgreSQL text cannot hold NUL: fail the chunk naming the row, or replace"
+    )
+    nul_replacement: str = Field(default="\ufffd", description="what replaces a NUL byte when nul_bytes: replace")
 
     @model_validator(mode="after")
     def _unique_targets(self) -> SourceConfig:
@@ -219,6 +233,9 @@ class _FileModel(_Strict):
 
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _DEFAULTABLE = {
+    "verify",
+    "nul_bytes",
+    "nul_replacement",
     "resume_max_age_hours",
     "no_resume",
     "max_resume_attempts",

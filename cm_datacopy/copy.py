@@ -19,6 +19,7 @@ and the next attempt waits at most ``lock_timeout_seconds`` for the ledger row.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
-from cm_datacopy import ledger, source
+from cm_datacopy import checksum, ledger, source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, TruncationRefused
 from cm_datacopy.redact import redact
@@ -53,6 +54,8 @@ class ChunkResult:
     seconds: float = 0.0
     attempt: int = 0
     rows_replaced: int = 0
+    verified: bool = False
+    nul_replaced: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -137,8 +140,17 @@ def copy_chunk(
             return ChunkResult(run_id, table_key, chunk_index, "already_done")
         started = time.monotonic()
         try:
-            # 3. Snowflake: the chunk's rows, as Arrow batches streamed while they are written.
-            batches = source.read_chunk(conns.snowflake(), table.source_table, table.columns, chunk, run.snapshot_at)
+            sf = conns.snowflake()
+            nuls = NulPolicy.for_source(cfg, table.columns, chunk.key_column)
+            # 3. Snowflake: the chunk's checksum, then its rows as Arrow batches streamed while written.
+            expected = (
+                checksum.snowflake_checksum(
+                    sf, table.source_table, table.columns, chunk, run.snapshot_at, nuls.replacement
+                )
+                if cfg.verify
+                else None
+            )
+            batches = source.read_chunk(sf, table.source_table, table.columns, chunk, run.snapshot_at)
             target = sql.Identifier(table.load_schema, table.load_table)
             key_column = table.target_column(chunk.key_column) if chunk.key_column else None
             with pg.transaction(), pg.cursor() as cur:
@@ -154,11 +166,29 @@ def copy_chunk(
                     where, params = chunk.postgres_where(key_column)
                 cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
                 replaced = cur.rowcount
-                rows, nbytes = _copy_batches(cur, target, table.columns, batches)
+                rows, nbytes = _copy_batches(cur, target, table.columns, batches, nuls)
+                # Verification inside the load: PostgreSQL's checksum of the range must equal Snowflake's.
+                actual = checksum.postgres_checksum(cur, target, table.columns, where, params) if cfg.verify else None
+                if expected is not None and expected != actual:
+                    raise ChunkVerificationError(
+                        f"checksums differ after loading: Snowflake {expected}, PostgreSQL {actual}"
+                    )
                 seconds = time.monotonic() - started
-                ledger.mark_done(cur, run_id, table_key, chunk_index, rows, nbytes, seconds)
+                ledger.mark_done(
+                    cur, run_id, table_key, chunk_index, rows, nbytes, seconds, expected, actual, nuls.replaced
+                )
             return ChunkResult(
-                run_id, table_key, chunk_index, "copied", rows, nbytes, seconds, attempt, max(replaced, 0)
+                run_id,
+                table_key,
+                chunk_index,
+                "copied",
+                rows,
+                nbytes,
+                seconds,
+                attempt,
+                max(replaced, 0),
+                verified=expected is not None,
+                nul_replaced=nuls.replaced,
             )
         except Exception as exc:
             message = describe_error(exc)
@@ -225,14 +255,67 @@ def _bytea_hex(arr: pa.Array) -> pa.Array:
     return pc.if_else(arr.is_null(), pa.scalar(None, pa.large_string()), text)
 
 
-def _to_copy_columns(batch: pa.RecordBatch, columns: list[ColumnPlan]) -> pa.Table:
+class NulByteError(DatacopyError):
+    """A text value holds a NUL byte, which PostgreSQL text and jsonb cannot store."""
+
+
+class ChunkVerificationError(DatacopyError):
+    """The rows in PostgreSQL do not match Snowflake's checksum; the chunk was rolled back."""
+
+
+@dataclass
+class NulPolicy:
+    """What to do with NUL bytes (``nul_bytes`` in the config), and how many were replaced."""
+
+    replacement: str | None
+    key_index: int | None
+    key_name: str | None
+    replaced: int = 0
+
+    @classmethod
+    def for_source(cls, cfg: SourceConfig, columns: list[ColumnPlan], key: str | None) -> NulPolicy:
+        index = next((i for i, c in enumerate(columns) if c.source_name == key), None)
+        return cls(cfg.nul_replacement if cfg.nul_bytes == "replace" else None, index, key)
+
+    def apply(self, batch: pa.RecordBatch, i: int, col: ColumnPlan, arr: pa.Array) -> pa.Array:
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return arr
+        # jsonb refuses the escape \u0000 as text refuses the byte itself.
+        needle, swap = (
+            ("\\u0000", json.dumps(self.replacement or "")[1:-1])
+            if col.encoding == "json"
+            else ("\x00", self.replacement or "")
+        )
+        hits = pc.match_substring(arr, needle)
+        count = pc.sum(hits).as_py() or 0
+        if not count:
+            return arr
+        if self.replacement is None:
+            row = pc.index(hits, True).as_py()
+            where = (
+                f"{self.key_name} = {batch.column(self.key_index)[row].as_py()}"
+                if self.key_index is not None
+                else f"row {row + 1} of the chunk"
+            )
+            raise NulByteError(
+                f"column {col.source_name!r} of the row with {where} holds a NUL byte, which PostgreSQL cannot "
+                f"store ({count} such values in this batch); set nul_bytes: replace to substitute nul_replacement"
+            )
+        self.replaced += count
+        return pc.replace_substring(arr, needle, swap)
+
+
+def _to_copy_columns(batch: pa.RecordBatch, columns: list[ColumnPlan], nuls: NulPolicy) -> pa.Table:
     arrays = [
-        _bytea_hex(batch.column(i)) if col.encoding == "binary" else batch.column(i) for i, col in enumerate(columns)
+        _bytea_hex(batch.column(i)) if col.encoding == "binary" else nuls.apply(batch, i, col, batch.column(i))
+        for i, col in enumerate(columns)
     ]
     return pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
 
 
-def _csv_chunks(batches: Iterable[pa.RecordBatch], columns: list[ColumnPlan], counter: list[int]) -> Iterator[bytes]:
+def _csv_chunks(
+    batches: Iterable[pa.RecordBatch], columns: list[ColumnPlan], counter: list[int], nuls: NulPolicy
+) -> Iterator[bytes]:
     options = pacsv.WriteOptions(include_header=False, batch_size=16_384)
     for batch in batches:
         if batch.num_rows == 0:
@@ -240,13 +323,17 @@ def _csv_chunks(batches: Iterable[pa.RecordBatch], columns: list[ColumnPlan], co
         if batch.num_columns != len(columns):
             raise DatacopyError(f"Snowflake returned {batch.num_columns} columns, the plan has {len(columns)}")
         sink = pa.BufferOutputStream()
-        pacsv.write_csv(_to_copy_columns(batch, columns), sink, options)
+        pacsv.write_csv(_to_copy_columns(batch, columns, nuls), sink, options)
         counter[0] += batch.num_rows
         yield sink.getvalue().to_pybytes()
 
 
 def _copy_batches(
-    cur: psycopg.Cursor[Any], target: sql.Identifier, columns: list[ColumnPlan], batches: Iterable[pa.RecordBatch]
+    cur: psycopg.Cursor[Any],
+    target: sql.Identifier,
+    columns: list[ColumnPlan],
+    batches: Iterable[pa.RecordBatch],
+    nuls: NulPolicy,
 ) -> tuple[int, int]:
     """COPY the batches into the target; returns (rows, bytes sent)."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
@@ -254,7 +341,7 @@ def _copy_batches(
     )
     rows, nbytes = [0], 0
     with cur.copy(statement) as copy:
-        for data in _csv_chunks(batches, columns, rows):
+        for data in _csv_chunks(batches, columns, rows, nuls):
             copy.write(data)
             nbytes += len(data)
     if cur.rowcount >= 0 and cur.rowcount != rows[0]:
@@ -264,6 +351,8 @@ def _copy_batches(
 
 def describe_error(exc: BaseException) -> str:
     """One line for the ledger and the user, with secrets masked."""
+    if isinstance(exc, DatacopyError):
+        return redact(str(exc))
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return "the chunk is locked by another worker that is still running; retry after it ends or times out"
     if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.IdleInTransactionSessionTimeout)):

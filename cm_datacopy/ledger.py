@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from cm_datacopy.checksum import Checksum
 from cm_datacopy.chunks import Chunk
 from cm_datacopy.typeplan import ColumnPlan
 
@@ -83,6 +84,19 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX migration_chunk_status_open ON migration_status.migration_chunk_status (run_id, status);
     """,
+    # 2: per-chunk verification on both sides, NUL replacement counts, publish mode.
+    """
+    ALTER TABLE migration_status.migration_chunk_status
+        ADD COLUMN source_rows     bigint,
+        ADD COLUMN source_checksum numeric(38,0),
+        ADD COLUMN target_checksum numeric(38,0),
+        ADD COLUMN nul_replaced    bigint NOT NULL DEFAULT 0;
+    ALTER TABLE migration_status.migration_table_status
+        ADD COLUMN mode           text NOT NULL DEFAULT 'in_place' CHECK (mode IN ('in_place', 'publish')),
+        ADD COLUMN published_at   timestamptz,
+        ADD COLUMN published_rows bigint,
+        ADD COLUMN replaced_rows  bigint;
+    """,
 ]
 
 
@@ -115,6 +129,7 @@ class TableEntry:
     load_schema: str
     load_table: str
     columns: list[ColumnPlan]
+    mode: str = "in_place"
 
     def target_column(self, source_name: str) -> str:
         return next(c.target_name for c in self.columns if c.source_name == source_name)
@@ -192,8 +207,8 @@ def create_run(
         for entry, chunks in tables:
             cur.execute(
                 "INSERT INTO migration_status.migration_table_status (run_id, table_key, source_table, target_schema, "
-                "target_table, load_schema, load_table, columns, status, chunks_total) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s)",
+                "target_table, load_schema, load_table, columns, status, chunks_total, mode) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
                 (
                     run_id,
                     entry.table_key,
@@ -204,6 +219,7 @@ def create_run(
                     entry.load_table,
                     json.dumps([c.to_json() for c in entry.columns]),
                     len(chunks),
+                    entry.mode,
                 ),
             )
             cur.executemany(
@@ -249,6 +265,7 @@ def _table(row: dict[str, Any]) -> TableEntry:
         load_schema=row["load_schema"],
         load_table=row["load_table"],
         columns=[ColumnPlan.from_json(c) for c in row["columns"]],
+        mode=row["mode"],
     )
 
 
@@ -358,13 +375,33 @@ def done_chunks_of_table(cur: psycopg.Cursor[Any], run_id: str, table_key: str) 
 
 
 def mark_done(
-    cur: psycopg.Cursor[Any], run_id: str, table_key: str, index: int, rows: int, nbytes: int, seconds: float
+    cur: psycopg.Cursor[Any],
+    run_id: str,
+    table_key: str,
+    index: int,
+    rows: int,
+    nbytes: int,
+    seconds: float,
+    source: Checksum | None,
+    target: Checksum | None,
+    nul_replaced: int,
 ) -> None:
     cur.execute(
         "UPDATE migration_status.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-        "duration_seconds = %s, finished_at = now(), last_error = NULL "
-        "WHERE run_id = %s AND table_key = %s AND chunk_index = %s",
-        (rows, nbytes, seconds, run_id, table_key, index),
+        "duration_seconds = %s, finished_at = now(), last_error = NULL, source_rows = %s, source_checksum = %s, "
+        "target_checksum = %s, nul_replaced = %s WHERE run_id = %s AND table_key = %s AND chunk_index = %s",
+        (
+            rows,
+            nbytes,
+            seconds,
+            source.rows if source else None,
+            source.checksum if source else None,
+            target.checksum if target else None,
+            nul_replaced,
+            run_id,
+            table_key,
+            index,
+        ),
     )
 
 
@@ -382,16 +419,19 @@ def record_failure(
         )
 
 
-def finish_run(conn: psycopg.Connection[Any], run_id: str) -> str:
+def finish_run(conn: psycopg.Connection[Any], run_id: str, publish_error: str | None = None) -> str:
     """Derive table and run status from the chunks; returns the run's status."""
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             """
             UPDATE migration_status.migration_table_status t SET
                 rows_copied = s.rows,
-                status = CASE WHEN s.done = s.total THEN 'completed' WHEN s.failed > 0 THEN 'failed'
+                status = CASE WHEN s.done = s.total AND (t.mode = 'in_place' OR t.published_at IS NOT NULL)
+                                   THEN 'completed'
+                              WHEN s.failed > 0 OR s.done = s.total THEN 'failed'
                               WHEN s.done > 0 THEN 'running' ELSE t.status END,
-                finished_at = CASE WHEN s.done = s.total THEN coalesce(t.finished_at, now()) END
+                finished_at = CASE WHEN s.done = s.total AND (t.mode = 'in_place' OR t.published_at IS NOT NULL)
+                                   THEN coalesce(t.finished_at, now()) END
             FROM (SELECT table_key, count(*) AS total, count(*) FILTER (WHERE status = 'done') AS done,
                          count(*) FILTER (WHERE status = 'failed') AS failed,
                          coalesce(sum(rows_copied) FILTER (WHERE status = 'done'), 0) AS rows
@@ -407,10 +447,17 @@ def finish_run(conn: psycopg.Connection[Any], run_id: str) -> str:
             (run_id,),
         )
         open_chunks, errors = cur.fetchone()  # type: ignore[misc]
-        status = "completed" if open_chunks == 0 else "failed"
+        cur.execute(
+            "SELECT count(*) FROM migration_status.migration_table_status WHERE run_id = %s AND status <> 'completed'",
+            (run_id,),
+        )
+        open_tables = cur.fetchone()[0]  # type: ignore[index]
+        status = "completed" if open_chunks == 0 and open_tables == 0 else "failed"
+        problem = errors or (f"{open_chunks} chunks not done" if open_chunks else f"{open_tables} tables not published")
+        problem = " ".join(p for p in (problem, publish_error) if p)
         cur.execute(
             "UPDATE migration_status.migration_runs SET status = %s, finished_at = now(), last_error = %s "
             "WHERE run_id = %s",
-            (status, None if status == "completed" else (errors or f"{open_chunks} chunks not done")[:2000], run_id),
+            (status, None if status == "completed" else problem[:2000], run_id),
         )
     return status

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from cm_datacopy import ledger, source, target
+from cm_datacopy import ledger, publish, source, target
 from cm_datacopy.chunks import Chunk, plan_chunks
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.errors import PlanError
@@ -90,6 +90,9 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     candidate = None if no_resume else ledger.find_resumable(pg, cfg.name, cfg.resume_max_age_hours)
     if candidate is not None and candidate.config_fingerprint == cfg.fingerprint():
         count = ledger.mark_resumed(pg, candidate.run_id)
+        publish.ensure_shadows(
+            pg, ledger.table_entries(pg, candidate.run_id), publish.published_tables(pg, candidate.run_id)
+        )
         return RunStart(candidate.run_id, True, count, f"resuming run {candidate.run_id} (resume #{count})")
     if no_resume:
         reason = "starting a new run (no_resume)"
@@ -118,12 +121,19 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
                 target_schema=plan.table.target_schema,
                 target_table=plan.table.target_name,
                 load_schema=plan.table.target_schema,
-                load_table=plan.table.target_name,
+                load_table=(
+                    publish.shadow_name(plan.table.target_name, run_id)
+                    if plan.table.mode == "publish"
+                    else plan.table.target_name
+                ),
                 columns=plan.columns,
+                mode=plan.table.mode,
             ),
             plan.chunks,
         )
         for plan in plans
     ]
     ledger.create_run(pg, cfg.name, cfg.fingerprint(), snapshot_at, no_resume, entries)
+    publish.drop_stale_shadows(pg, cfg.name, run_id)
+    publish.ensure_shadows(pg, [entry for entry, _ in entries], set())
     return RunStart(run_id, False, 0, reason)

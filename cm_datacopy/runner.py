@@ -20,6 +20,7 @@ from cm_datacopy.copy import ChunkResult, Connections, copy_chunk
 from cm_datacopy.errors import ChunkError, DatacopyError
 from cm_datacopy.lock import SourceLock
 from cm_datacopy.planning import RunStart, start_or_resume
+from cm_datacopy.publish import publish_table
 
 
 @dataclass
@@ -82,9 +83,29 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
                     outcome.chunks_copied += result.outcome == "copied"
                     outcome.rows += result.rows
                     notify("chunk", result)
+            publish_error = _publish_ready_tables(cfg, pg, start.run_id, outcome, notify)
         finally:
             for conns in opened:
                 conns.close()
             outcome.seconds = time.monotonic() - began
-            outcome.status = ledger.finish_run(pg, start.run_id)
+        outcome.status = ledger.finish_run(pg, start.run_id, publish_error)
         return outcome
+
+
+def _publish_ready_tables(
+    cfg: SourceConfig, pg: psycopg.Connection, run_id: str, outcome: RunOutcome, notify: Progress
+) -> str | None:
+    """Swap in every publish-mode table whose chunks are all done; returns the refusals, if any."""
+    open_tables = {c.table_key for c in ledger.chunks(pg, run_id, open_only=True)}
+    refusals = []
+    for entry in ledger.table_entries(pg, run_id):
+        if entry.mode != "publish" or entry.table_key in open_tables:
+            continue
+        try:
+            result = publish_table(cfg, pg, run_id, entry.table_key)
+            notify("published", result)
+        except DatacopyError as exc:
+            refusals.append(str(exc))
+            outcome.errors.append(str(exc))
+            notify("publish_refused", exc)
+    return "; ".join(refusals) or None

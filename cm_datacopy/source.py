@@ -89,7 +89,7 @@ def describe_table(conn: Any, cfg: SnowflakeConfig, table: TableConfig) -> list[
     return columns
 
 
-def _at_clause(snapshot_at: dt.datetime | None) -> tuple[str, list[Any]]:
+def at_clause(snapshot_at: dt.datetime | None) -> tuple[str, list[Any]]:
     """Time Travel: every chunk of a run reads the table as it was when the run started."""
     if snapshot_at is None:
         return "", []
@@ -98,7 +98,7 @@ def _at_clause(snapshot_at: dt.datetime | None) -> tuple[str, list[Any]]:
 
 def supports_time_travel(conn: Any, ref: str, at: dt.datetime) -> bool:
     """Whether this table can be read AT a point in time (the stand-in cannot; retention may be 0)."""
-    clause, params = _at_clause(at)
+    clause, params = at_clause(at)
     try:
         conn.cursor().execute(f"SELECT 1 FROM {ref}{clause} LIMIT 0", params)
         return True
@@ -112,7 +112,7 @@ def chunk_boundaries(
 ) -> list[Any]:
     """Every chunk_size-th distinct key value, in order: exact boundaries for ~chunk_size rows per chunk."""
     key = sf_ident(key_column)
-    at, params = _at_clause(snapshot_at)
+    at, params = at_clause(snapshot_at)
     cur = conn.cursor()
     cur.execute(
         f"SELECT DISTINCT k FROM (SELECT {key} AS k, ROW_NUMBER() OVER (ORDER BY {key}) AS rn "
@@ -127,7 +127,7 @@ def select_chunk_sql(
 ) -> tuple[str, list[Any]]:
     """The statement that reads one chunk: every planned column, the chunk's range."""
     cols = ", ".join(sf_ident(c.source_name) for c in columns)
-    at, at_params = _at_clause(snapshot_at)
+    at, at_params = at_clause(snapshot_at)
     where, params = chunk.snowflake_where()
     return f"SELECT {cols} FROM {ref}{at} WHERE {where}", [*at_params, *params]
 
@@ -148,7 +148,7 @@ def _batches(cur: Any) -> Iterator[pa.RecordBatch]:
 
 
 def count_rows(conn: Any, ref: str, chunk: Chunk | None, snapshot_at: dt.datetime | None) -> int:
-    at, params = _at_clause(snapshot_at)
+    at, params = at_clause(snapshot_at)
     where, where_params = chunk.snowflake_where() if chunk else ("TRUE", [])
     cur = conn.cursor()
     cur.execute(f"SELECT COUNT(*) FROM {ref}{at} WHERE {where}", [*params, *where_params])

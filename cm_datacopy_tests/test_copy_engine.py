@@ -112,6 +112,14 @@ def test_every_supported_type_round_trips(snowflake_server, sf_db, pg_db, config
     assert target == source
     null_row = next(r for r in target if r[0] == Decimal(3))
     assert all(v is None for v in null_row[1:]), "NULLs, NULL timestamps included, must stay NULL"
+    checks = pg_rows(
+        pg_db,
+        "SELECT rows_copied, source_rows, source_checksum, target_checksum "
+        "FROM migration_status.migration_chunk_status",
+    )
+    assert sum(r[0] for r in checks) == 4
+    assert all(rows == src and s == t for rows, src, s, t in checks), checks
+    assert any(s and s > 0 for _, _, s, _ in checks), "checksums were computed on both sides"
 
 
 def _events_table(snowflake_server: Any, sf_db: str, rows: int) -> None:
@@ -132,7 +140,15 @@ def _events_config(config_path: Path, snowflake_server: Any, sf_db: str, pg_db: 
         snowflake_server,
         sf_db,
         pg_db,
-        [{"source": "EVENTS", "target_schema": "copy", "chunk_key": "ID", "chunk_size": kw.pop("chunk_size", 2000)}],
+        [
+            {
+                "source": "EVENTS",
+                "target_schema": "copy",
+                "chunk_key": "ID",
+                "chunk_size": kw.pop("chunk_size", 2000),
+                "mode": kw.pop("mode", "in_place"),
+            }
+        ],
         **kw,
     )
 
