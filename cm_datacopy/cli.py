@@ -207,6 +207,43 @@ def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = 
 
 
 @main.command()
+@click.argument("source", required=False)
+@click.option("--run-id", help="a specific run (default: the newest)")
+@click.pass_context
+@_user_errors
+def verify(ctx: click.Context, source: str | None, run_id: str | None) -> None:
+    """Re-verify a run without copying: per chunk, rows and checksums on both sides; names differing keys."""
+    from cm_datacopy import ledger
+    from cm_datacopy.verify import verify_run
+
+    cfg = _source(ctx, source)
+    if run_id is None:
+        with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+            latest = ledger.latest_run(pg, cfg.name) if status_mod.ledger_exists(pg) else None
+        if latest is None:
+            raise DatacopyError(f"no runs of {cfg.name} to verify")
+        run_id = latest.run_id
+    results = verify_run(cfg, run_id)
+    table = Table("table", "checked in", "chunks", "Snowflake rows", "PostgreSQL rows", "verified")
+    for t in results:
+        table.add_row(
+            t.table_key,
+            t.relation,
+            str(len(t.chunks)),
+            f"{t.source_rows:,}",
+            f"{t.target_rows:,}",
+            "[green]yes[/green]" if t.ok else "[red]NO[/red]",
+        )
+    console.print(f"run {run_id}")
+    console.print(table)
+    problems = [line for t in results for line in t.mismatches]
+    for line in problems:
+        err_console.print(f"[red]✗[/red] {line}", soft_wrap=True)
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--workdir", default=".demo", show_default=True, help="where the demo keeps its servers' files")
 @click.option("--rows", default=20_000, show_default=True, help="rows per sample table")
 @_user_errors
