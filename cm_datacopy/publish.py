@@ -120,8 +120,8 @@ def publish_table(cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str, t
         if old_rows > 0 and (new_rows == 0 or new_rows < table_cfg.publish_min_fraction * old_rows):
             raise TruncationRefused(
                 f"refusing to publish {table_key}: it would replace {old_rows} rows with {new_rows} "
-                f"(below publish_min_fraction {table_cfg.publish_min_fraction:g}); check the source, or lower "
-                "publish_min_fraction for this table and run again"
+                f"(below publish_min_fraction {table_cfg.publish_min_fraction:g}); check the source, then run "
+                "again with --no-resume to reload it, or lower publish_min_fraction for this table"
             )
         names = sql.SQL(", ").join(sql.Identifier(c["target_name"]) for c in columns)
         cur.execute(sql.SQL("DELETE FROM {}").format(target))

@@ -1,0 +1,120 @@
+"""Publish mode: readers never see a half-loaded or empty table; the swap keeps views, indexes,
+grants and comments; a guard refuses to replace a table with far fewer rows."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from psycopg import sql
+
+from cm_datacopy_tests.helpers import admin_conninfo, cli, cli_popen, pg_rows, sf_execute, write_config
+from cm_datacopy_tests.test_copy_engine import _kill_inside_a_chunk_transaction
+
+
+def _events(snowflake_server, sf_db, rows: int, label: str) -> None:
+    sf_execute(
+        snowflake_server,
+        sf_db,
+        "USE SCHEMA PUBLIC",
+        f"""CREATE OR REPLACE TABLE EVENTS AS SELECT seq8()::NUMBER(38,0) AS ID,
+            '{label} ' || seq8() || ' ' || REPEAT('x', 200) AS BODY FROM TABLE(GENERATOR(ROWCOUNT => {rows}))""",
+    )
+
+
+def _config(config_path, snowflake_server, sf_db, pg_db, **table):
+    write_config(
+        config_path,
+        snowflake_server,
+        sf_db,
+        pg_db,
+        [{"source": "EVENTS", "target_schema": "copy", "chunk_key": "ID", "chunk_size": 2000, **table}],
+    )
+
+
+def _snapshot(pg_db) -> list[tuple]:
+    return pg_rows(pg_db, "SELECT count(*), md5(string_agg(body, ',' ORDER BY id)) FROM copy.events")
+
+
+def test_killed_publish_run_leaves_the_old_table_then_resume_swaps(snowflake_server, sf_db, pg_db, config_path):
+    _events(snowflake_server, sf_db, 20_000, "old")
+    _config(config_path, snowflake_server, sf_db, pg_db)
+    assert cli(config_path, "run", "analytics").returncode == 0
+    reader = f"cmdc_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(**admin_conninfo(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
+    try:
+        with psycopg.connect(**pg_db) as conn:
+            conn.execute("CREATE VIEW copy.recent AS SELECT id, body FROM copy.events WHERE id >= 19000")
+            conn.execute("CREATE INDEX events_body ON copy.events (body)")
+            conn.execute("COMMENT ON TABLE copy.events IS 'copied from Snowflake'")
+            conn.execute(sql.SQL("GRANT SELECT ON copy.events TO {}").format(sql.Identifier(reader)))
+        old = _snapshot(pg_db)
+        assert old[0][0] == 20_000
+
+        _events(snowflake_server, sf_db, 30_000, "new")
+        proc = cli_popen(config_path, "run", "analytics")
+        _kill_inside_a_chunk_transaction(proc, pg_db)
+        assert _snapshot(pg_db) == old, "readers see the old table, intact, while the new one loads"
+        assert pg_rows(pg_db, "SELECT count(*) FROM copy.recent") == [(1000,)]
+
+        result = cli(config_path, "run", "analytics")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "published copy.events: 30,000 rows replaced 20,000" in result.stdout
+        new = _snapshot(pg_db)
+        assert new[0][0] == 30_000 and new != old
+        assert pg_rows(pg_db, "SELECT count(*), min(body) LIKE 'new %' FROM copy.recent") == [(11_000, True)]
+        assert pg_rows(pg_db, "SELECT count(*) FROM pg_indexes WHERE indexname = 'events_body'") == [(1,)]
+        assert pg_rows(pg_db, "SELECT obj_description('copy.events'::regclass)") == [("copied from Snowflake",)]
+        assert pg_rows(pg_db, "SELECT has_table_privilege(%s, 'copy.events', 'SELECT')", (reader,)) == [(True,)]
+        assert pg_rows(
+            pg_db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'copy' AND tablename LIKE '%%__cmdc_%%'"
+        ) == [(0,)], "the shadow is gone after the swap"
+    finally:
+        with psycopg.connect(**pg_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(reader)))
+        with psycopg.connect(**admin_conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
+
+
+def test_guard_refuses_to_replace_a_table_with_far_fewer_rows(snowflake_server, sf_db, pg_db, config_path):
+    _events(snowflake_server, sf_db, 5_000, "full")
+    _config(config_path, snowflake_server, sf_db, pg_db)
+    assert cli(config_path, "run", "analytics").returncode == 0
+    before = _snapshot(pg_db)
+
+    _events(snowflake_server, sf_db, 1_000, "shrunk")
+    result = cli(config_path, "run", "analytics")
+    assert result.returncode == 1
+    assert "refusing to publish copy.events: it would replace 5000 rows with 1000 (below publish_min_fraction 0.5)" in (
+        result.stdout
+    )
+    assert _snapshot(pg_db) == before
+    status = cli(config_path, "status", "analytics")
+    assert "failed" in status.stdout
+
+    sf_execute(snowflake_server, sf_db, "USE SCHEMA PUBLIC", "DELETE FROM EVENTS")
+    _config(config_path, snowflake_server, sf_db, pg_db, publish_min_fraction=0.0)
+    result = cli(config_path, "run", "analytics")
+    assert result.returncode == 1 and "with 0 (below publish_min_fraction 0)" in result.stdout
+    assert _snapshot(pg_db) == before, "an empty source never empties the target in publish mode"
+
+    _events(snowflake_server, sf_db, 1_000, "shrunk")
+    resumed = cli(config_path, "run", "analytics")
+    assert resumed.returncode == 1, "a resume keeps the refused run's (empty) chunks, so it is refused again"
+    assert "run again with --no-resume to reload it" in resumed.stdout
+    fresh = cli(config_path, "run", "analytics", "--no-resume")
+    assert fresh.returncode == 0, "a lower fraction, set on purpose, lets a reload through"
+    assert _snapshot(pg_db)[0][0] == 1_000
+
+
+def test_a_table_without_key_is_replaced_atomically_in_place(snowflake_server, sf_db, pg_db, config_path):
+    _events(snowflake_server, sf_db, 3_000, "one")
+    _config(config_path, snowflake_server, sf_db, pg_db, chunk_key=None, mode="in_place")
+    assert cli(config_path, "run", "analytics").returncode == 0
+    assert pg_rows(pg_db, "SELECT count(*) FROM migration_status.migration_chunk_status") == [(1,)]
+    _events(snowflake_server, sf_db, 3_500, "two")
+    assert cli(config_path, "run", "analytics").returncode == 0
+    assert pg_rows(pg_db, "SELECT count(*), count(*) FILTER (WHERE body LIKE 'two %') FROM copy.events") == [
+        (3_500, 3_500)
+    ]
