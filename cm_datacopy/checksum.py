@@ -12,7 +12,7 @@ Canonical forms (the same on both sides by construction, checked by the tests on
 - DATE: days since 1970-01-01; TIME: microseconds since midnight; TIMESTAMP_*: microseconds since
   the epoch (UTC for TZ/LTZ), so zones and formats cannot differ;
 - BINARY: lower-case hex; BOOLEAN: ``true``/``false``; text as is;
-- VARIANT/OBJECT/ARRAY/GEOGRAPHY: NULL-ness only (jsonb normalises key order and spacing, so their
+- VARIANT/OBJECT/ARRAY/GEOGRAPHY/GEOMETRY: NULL-ness only (jsonb normalises key order and spacing, so their
   text cannot match; their values are checked by the type fidelity tests).
 
 Real Snowflake turns hex into a number with ``TO_NUMBER(h, 'XXX…')``; the stand-in only knows
@@ -71,7 +71,7 @@ def _sf_text(col: ColumnPlan, nul_replacement: str | None) -> str:
         return f"TO_VARCHAR(DATEDIFF(microsecond, '1970-01-01 00:00:00 +00:00'::TIMESTAMP_TZ, {c}))"
     if pg == "bytea":
         return f"LOWER(HEX_ENCODE({c}))"
-    if pg == "jsonb":
+    if pg in ("jsonb", "geography", "geometry"):
         return "'j'"
     if nul_replacement is not None:
         return f"REPLACE({c}, CHR(0), {_sf_string(nul_replacement)})"
@@ -103,7 +103,7 @@ def _pg_text(col: ColumnPlan) -> sql.Composable:
         return sql.SQL("(extract(epoch FROM {}) * 1000000)::numeric(38,0)::text").format(c)
     if pg == "bytea":
         return sql.SQL("encode({}, 'hex')").format(c)
-    if pg == "jsonb":
+    if pg in ("jsonb", "geography", "geometry"):
         return sql.SQL("'j'")
     return c
 

@@ -93,14 +93,16 @@ def check(ctx: click.Context, source: str | None) -> None:
 
 @main.command()
 @click.argument("source", required=False)
+@click.option("--profile", "with_profile", is_flag=True, help="also measure each column's values in Snowflake")
 @click.pass_context
 @_user_errors
-def plan(ctx: click.Context, source: str | None) -> None:
-    """Print the type plan and chunk plan of every table. Writes nothing."""
+def plan(ctx: click.Context, source: str | None, with_profile: bool) -> None:
+    """Print the type plan and chunk plan of every table (and the source profile). Writes nothing."""
     from cm_datacopy.planning import preview
 
     cfg = _source(ctx, source)
-    for table_plan in preview(cfg):
+    plans, blocking = preview(cfg, profile_columns=with_profile)
+    for table_plan in plans:
         t = table_plan.table
         state = "exists, fits" if table_plan.target_exists else "will be created"
         console.print(f"\n[bold]{table_plan.source_ref}[/bold] → {t.key} ({state})")
@@ -108,6 +110,11 @@ def plan(ctx: click.Context, source: str | None) -> None:
         for col in table_plan.columns:
             types.add_row(f"{col.source_name} → {col.target_name}", col.snowflake_type, col.pg_type, str(col.nullable))
         console.print(types)
+        for p in table_plan.profile or []:
+            for text in p.blocking:
+                console.print(f"  [red]BLOCKING[/red] {p.column}: {text}")
+            if p.facts:
+                console.print(f"  {p.column}: " + "; ".join(p.facts))
         chunks = Table("chunk", "range")
         shown = table_plan.chunks if len(table_plan.chunks) <= 12 else [*table_plan.chunks[:6], *table_plan.chunks[-6:]]
         for chunk in shown:
@@ -116,6 +123,11 @@ def plan(ctx: click.Context, source: str | None) -> None:
             f"{len(table_plan.chunks)} chunks by {t.chunk_key or '(no key: one chunk)'}, ~{t.chunk_size} rows each"
         )
         console.print(chunks)
+    for problem in blocking:
+        err_console.print(f"[red]✗[/red] {problem}", soft_wrap=True)
+    if blocking:
+        err_console.print("a run would stop before copying anything until these are fixed")
+        sys.exit(2)
 
 
 @main.command()

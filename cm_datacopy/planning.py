@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -17,6 +17,7 @@ from cm_datacopy import ledger, publish, source, target
 from cm_datacopy.chunks import Chunk, plan_chunks
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.errors import PlanError
+from cm_datacopy.profile import ColumnProfile, profile_table
 from cm_datacopy.typeplan import ColumnPlan
 
 log = logging.getLogger(__name__)
@@ -29,27 +30,40 @@ class TablePlan:
     columns: list[ColumnPlan]
     chunks: list[Chunk]
     target_exists: bool
+    profile: list[ColumnProfile] | None = None
 
 
 def plan_tables(
-    cfg: SourceConfig, sf: Any, pg: psycopg.Connection[Any], snapshot_at: dt.datetime | None
+    cfg: SourceConfig,
+    sf: Any,
+    pg: psycopg.Connection[Any],
+    snapshot_at: dt.datetime | None,
+    *,
+    profile_columns: bool = True,
 ) -> list[TablePlan]:
-    """Describe every table, check its target fits, and cut it into chunks. Writes nothing."""
+    """Describe every table, check its target fits, profile it, and cut it into chunks. Writes nothing.
+
+    A blocking profile fact (NUL bytes that would fail the copy) stops the plan before data moves.
+    """
     plans, problems = [], []
+    postgis = target.has_postgis(pg)
     for table in cfg.tables:
+        ref = source.table_ref(cfg.snowflake, table)
         try:
-            columns = source.describe_table(sf, cfg.snowflake, table)
+            columns = source.describe_table(sf, cfg.snowflake, table, postgis=postgis)
             exists = target.check_fits(pg, table.target_schema, table.target_name, columns)
         except PlanError as exc:
             problems.append(str(exc))
             continue
-        ref = source.table_ref(cfg.snowflake, table)
+        profiled = profile_table(cfg, sf, ref, columns) if profile_columns else None
+        for col in profiled or []:
+            problems += [f"{table.source}.{col.column}: {text}" for text in col.blocking]
         key = next((c for c in columns if c.source_name == table.chunk_key), None)
         bounds = (
             source.chunk_boundaries(sf, ref, key.source_name, table.chunk_size, snapshot_at) if key is not None else []
         )
         chunks = plan_chunks(table.key, key.source_name if key else None, key.key_kind if key else None, bounds)
-        plans.append(TablePlan(table, ref, columns, chunks, exists))
+        plans.append(TablePlan(table, ref, columns, chunks, exists, profiled))
     if problems:
         raise PlanError("\n".join(problems))
     return plans
@@ -69,9 +83,19 @@ def _snapshot_time(cfg: SourceConfig, sf: Any) -> dt.datetime | None:
     return now
 
 
-def preview(cfg: SourceConfig) -> list[TablePlan]:
+def preview(cfg: SourceConfig, *, profile_columns: bool = False) -> tuple[list[TablePlan], list[str]]:
+    """The plan as ``run`` would make it, and the problems that would stop it. Writes nothing."""
     with source.connect(cfg.snowflake) as sf, psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-        return plan_tables(cfg, sf, pg, None)
+        try:
+            return plan_tables(cfg, sf, pg, None, profile_columns=profile_columns), []
+        except PlanError as exc:
+            if not profile_columns:
+                raise
+            # Show the profile with the problems, so the user sees every fact at once.
+            plans = plan_tables(cfg, sf, pg, None, profile_columns=False)
+            for i, plan in enumerate(plans):
+                plans[i] = replace(plan, profile=profile_table(cfg, sf, plan.source_ref, plan.columns))
+            return plans, str(exc).splitlines()
 
 
 @dataclass(frozen=True)
@@ -109,7 +133,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     run_id = ledger.new_run_id(cfg.name)
     with source.connect(cfg.snowflake) as sf:
         snapshot_at = _snapshot_time(cfg, sf)
-        plans = plan_tables(cfg, sf, pg, snapshot_at)
+        plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail")
     for plan in plans:
         target.ensure_table(pg, plan.table.target_schema, plan.table.target_name, plan.columns)
     entries = [

@@ -57,7 +57,7 @@ def table_ref(cfg: SnowflakeConfig, table: TableConfig) -> str:
     return sf_table(cfg.database, table.source_schema or cfg.schema_, table.source)
 
 
-def describe_table(conn: Any, cfg: SnowflakeConfig, table: TableConfig) -> list[ColumnPlan]:
+def describe_table(conn: Any, cfg: SnowflakeConfig, table: TableConfig, *, postgis: bool = False) -> list[ColumnPlan]:
     """The table's columns from INFORMATION_SCHEMA, mapped to PostgreSQL types."""
     schema = table.source_schema or cfg.schema_
     cur = conn.cursor()
@@ -73,7 +73,7 @@ def describe_table(conn: Any, cfg: SnowflakeConfig, table: TableConfig) -> list[
             f"Snowflake table {cfg.database}.{schema}.{table.source} does not exist or is not visible to "
             f"role {cfg.role or '(default)'}; check the name (exact case) and grants"
         )
-    columns = plan_columns(rows)
+    columns = plan_columns(rows, postgis)
     if table.chunk_key is not None:
         key = next((c for c in columns if c.source_name == table.chunk_key), None)
         if key is None:
@@ -126,7 +126,7 @@ def select_chunk_sql(
     ref: str, columns: list[ColumnPlan], chunk: Chunk, snapshot_at: dt.datetime | None
 ) -> tuple[str, list[Any]]:
     """The statement that reads one chunk: every planned column, the chunk's range."""
-    cols = ", ".join(sf_ident(c.source_name) for c in columns)
+    cols = ", ".join(c.select_sql() for c in columns)
     at, at_params = at_clause(snapshot_at)
     where, params = chunk.snowflake_where()
     return f"SELECT {cols} FROM {ref}{at} WHERE {where}", [*at_params, *params]

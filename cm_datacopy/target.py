@@ -94,3 +94,10 @@ def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str, columns
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(create_table_sql(schema, table, columns))
     return True
+
+
+def has_postgis(conn: psycopg.Connection[Any]) -> bool:
+    """Whether spatial columns can keep PostGIS types in this target (else GeoJSON in jsonb)."""
+    row = conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'postgis'").fetchone()
+    conn.commit()
+    return bool(row and row[0])

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from cm_datacopy.errors import PlanError
+from cm_datacopy.sql import sf_ident
 
 # PostgreSQL's varchar limit; longer Snowflake VARCHARs (the default is 16,777,216) become text.
 _PG_VARCHAR_MAX = 10_485_760
@@ -43,6 +44,14 @@ class ColumnPlan:
             "TIMESTAMP_LTZ": "timestamptz",
         }.get(base)
 
+    def select_sql(self) -> str:
+        """How Snowflake must return the column so PostgreSQL can take it as text."""
+        col = sf_ident(self.source_name)
+        if self.snowflake_type in ("GEOGRAPHY", "GEOMETRY"):
+            # PostGIS parses EWKT ('SRID=4326;POINT(…)'); jsonb takes GeoJSON.
+            return f"ST_ASGEOJSON({col})" if self.pg_type == "jsonb" else f"ST_ASEWKT({col})"
+        return col
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -62,8 +71,12 @@ def map_type(
     precision: int | None,
     scale: int | None,
     char_length: int | None,
+    postgis: bool = False,
 ) -> tuple[str, str, Literal["plain", "binary", "json"]]:
-    """(normalised Snowflake type, PostgreSQL type, encoding) for one INFORMATION_SCHEMA row."""
+    """(normalised Snowflake type, PostgreSQL type, encoding) for one INFORMATION_SCHEMA row.
+
+    ``postgis``: the target has the PostGIS extension, so spatial types keep their own types.
+    """
     t = data_type.upper()
     if t in {"NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "BYTEINT"}:
         p = 38 if precision is None else int(precision)
@@ -97,7 +110,8 @@ def map_type(
     if t in {"VARIANT", "OBJECT", "ARRAY"}:
         return t, "jsonb", "json"
     if t in {"GEOGRAPHY", "GEOMETRY"}:
-        # Read as GeoJSON (Snowflake's default output format) into jsonb: no PostGIS needed.
+        if postgis:
+            return t, t.lower(), "plain"
         return t, "jsonb", "json"
     raise PlanError(
         f"column {column!r} has Snowflake type {data_type}, which cm_datacopy cannot copy faithfully; "
@@ -105,11 +119,11 @@ def map_type(
     )
 
 
-def plan_columns(rows: list[tuple[Any, ...]]) -> list[ColumnPlan]:
+def plan_columns(rows: list[tuple[Any, ...]], postgis: bool = False) -> list[ColumnPlan]:
     """Rows of (name, data_type, precision, scale, char_length, is_nullable) in ordinal order."""
     plans = []
     for name, data_type, precision, scale, char_length, is_nullable in rows:
-        sf, pg, encoding = map_type(name, data_type, precision, scale, char_length)
+        sf, pg, encoding = map_type(name, data_type, precision, scale, char_length, postgis)
         plans.append(
             ColumnPlan(
                 source_name=name,
@@ -138,5 +152,7 @@ def fits(planned: str, existing: str) -> bool:
     if planned.startswith("character varying") and existing == "text":
         return True
     if planned.startswith("numeric(") and existing == "numeric":
+        return True
+    if planned in ("geography", "geometry") and existing.startswith(planned):
         return True
     return existing in _WIDER.get(planned, set())
