@@ -6,6 +6,7 @@ import datetime as dt
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from cm_datacopy.chunks import plan_chunks
 from cm_datacopy.config import load_config
@@ -92,10 +93,9 @@ def test_the_stand_in_lacks_time_travel_so_the_run_reads_live_and_says_so(snowfl
     assert result.returncode == 0
     assert "Time Travel unavailable" in result.stderr and "chunks read the live table" in result.stderr
     assert pg_rows(pg_db, "SELECT snapshot_at FROM migration_status.migration_runs") == [(None,)]
-    text = config_path.read_text().replace(
-        "login_timeout_seconds: 10", "login_timeout_seconds: 10\n    time_travel: false"
-    )
-    config_path.write_text(text)
+    raw = yaml.safe_load(config_path.read_text())
+    raw["sources"]["analytics"]["snowflake"]["time_travel"] = False
+    config_path.write_text(yaml.safe_dump(raw))
     assert load_config(config_path).source("analytics").snowflake.time_travel is False
     quiet = cli(config_path, "run", "analytics")
     assert quiet.returncode == 0 and "Time Travel" not in quiet.stderr
