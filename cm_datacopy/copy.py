@@ -6,7 +6,8 @@ Follow a row from Snowflake to PostgreSQL in ``copy_chunk`` below:
 2. a new attempt number is claimed (committed at once) — it fences off older attempts;
 3. Snowflake runs the chunk's SELECT; its result streams as Arrow record batches;
 4. one PostgreSQL transaction: lock the chunk's ledger row, check the attempt is still the newest
-   and the chunk not done, delete the target rows of the chunk's range, COPY the Arrow batches in
+   and the chunk not done, delete the target rows of the chunk's range (in place; a publish-mode
+   shadow never holds rows of an unfinished chunk), COPY the Arrow batches in
    (encoded to CSV by Arrow's C++ writer, no per-row Python), mark the chunk done with its row
    count, commit.
 
@@ -24,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +72,8 @@ class Connections:
         self._pg: psycopg.Connection[Any] | None = None
         self._sf_stack: contextlib.ExitStack | None = None
         self._sf: Any = None
+        self._aux_stack: contextlib.ExitStack | None = None
+        self._aux: Any = None
 
     def pg(self) -> psycopg.Connection[Any]:
         if self._pg is None or self._pg.closed or self._pg.broken:
@@ -88,10 +92,20 @@ class Connections:
             self._sf = self._sf_stack.enter_context(source.connect(self.cfg.snowflake))
         return self._sf
 
+    def snowflake_aux(self) -> Any:
+        """A second Snowflake session, so a chunk's checksum runs while its rows stream."""
+        if self._aux is None or self._aux.is_closed():
+            if self._aux_stack is not None:
+                self._aux_stack.close()
+            self._aux_stack = contextlib.ExitStack()
+            self._aux = self._aux_stack.enter_context(source.connect(self.cfg.snowflake))
+        return self._aux
+
     def _close_snowflake(self) -> None:
-        if self._sf_stack is not None:
-            self._sf_stack.close()
-        self._sf_stack, self._sf = None, None
+        for stack in (self._sf_stack, self._aux_stack):
+            if stack is not None:
+                stack.close()
+        self._sf_stack, self._sf, self._aux_stack, self._aux = None, None, None, None
 
     def reset(self) -> None:
         """Drop connections after a failure; the next use opens fresh ones."""
@@ -142,10 +156,18 @@ def copy_chunk(
         try:
             sf = conns.snowflake()
             nuls = NulPolicy.for_source(cfg, table.columns, chunk.key_column)
-            # 3. Snowflake: the chunk's checksum, then its rows as Arrow batches streamed while written.
-            expected = (
-                checksum.snowflake_checksum(
-                    sf, table.source_table, table.columns, chunk, run.snapshot_at, nuls.replacement
+            # 3. Snowflake: the chunk's checksum (on a second session, meanwhile), and its rows as Arrow
+            #    batches, streamed while they are written.
+            checksums = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="checksum"))
+            expected_future = (
+                checksums.submit(
+                    checksum.snowflake_checksum,
+                    conns.snowflake_aux(),
+                    table.source_table,
+                    table.columns,
+                    chunk,
+                    run.snapshot_at,
+                    nuls.replacement,
                 )
                 if cfg.verify
                 else None
@@ -164,11 +186,17 @@ def copy_chunk(
                     where, params = sql.SQL("TRUE"), []
                 else:
                     where, params = chunk.postgres_where(key_column)
-                cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
-                replaced = cur.rowcount
+                if table.mode == "in_place":
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
+                    replaced = cur.rowcount
+                else:
+                    # A shadow holds only rows of done chunks (each commits with its done mark), so this
+                    # chunk's range is empty there: no delete, no scan.
+                    replaced = 0
                 rows, nbytes = _copy_batches(cur, target, table.columns, batches, nuls)
                 # Verification inside the load: PostgreSQL's checksum of the range must equal Snowflake's.
                 actual = checksum.postgres_checksum(cur, target, table.columns, where, params) if cfg.verify else None
+                expected = expected_future.result() if expected_future is not None else None
                 if expected is not None and expected != actual:
                     raise ChunkVerificationError(
                         f"checksums differ after loading: Snowflake {expected}, PostgreSQL {actual}"

@@ -40,6 +40,7 @@ def plan_tables(
     snapshot_at: dt.datetime | None,
     *,
     profile_columns: bool = True,
+    blocking_only: bool = False,
 ) -> list[TablePlan]:
     """Describe every table, check its target fits, profile it, and cut it into chunks. Writes nothing.
 
@@ -55,7 +56,7 @@ def plan_tables(
         except PlanError as exc:
             problems.append(str(exc))
             continue
-        profiled = profile_table(cfg, sf, ref, columns) if profile_columns else None
+        profiled = profile_table(cfg, sf, ref, columns, blocking_only=blocking_only) if profile_columns else None
         for col in profiled or []:
             problems += [f"{table.source}.{col.column}: {text}" for text in col.blocking]
         key = next((c for c in columns if c.source_name == table.chunk_key), None)
@@ -133,9 +134,16 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     run_id = ledger.new_run_id(cfg.name)
     with source.connect(cfg.snowflake) as sf:
         snapshot_at = _snapshot_time(cfg, sf)
-        plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail")
+        plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail", blocking_only=True)
     for plan in plans:
-        target.ensure_table(pg, plan.table.target_schema, plan.table.target_name, plan.columns)
+        key = next((c.target_name for c in plan.columns if c.source_name == plan.table.chunk_key), None)
+        target.ensure_table(
+            pg,
+            plan.table.target_schema,
+            plan.table.target_name,
+            plan.columns,
+            key_index=key if plan.table.mode == "in_place" else None,
+        )
     entries = [
         (
             ledger.TableEntry(

@@ -35,7 +35,7 @@ def _measures(col: ColumnPlan) -> list[tuple[str, str]]:
         measures += [("nul_escapes", f"COUNT_IF(CONTAINS(TO_VARCHAR({c}), '\\\\u0000'))")]
     elif base == "NUMBER":
         scale = int(col.snowflake_type.split(",")[1].rstrip(")"))
-        measures += [("max_abs", f"MAX(ABS({c}))")]
+        measures += [("min", f"MIN({c})"), ("max", f"MAX({c})")]
         if scale > 0:
             measures += [("scale_used", f"COUNT_IF({c} <> ROUND({c}, 0))")]
     elif base == "FLOAT":
@@ -50,9 +50,20 @@ def _measures(col: ColumnPlan) -> list[tuple[str, str]]:
     return measures
 
 
-def profile_table(cfg: SourceConfig, sf: Any, ref: str, columns: list[ColumnPlan]) -> list[ColumnProfile]:
-    """Measure every column in one query (per-column queries if the source refuses one of them)."""
-    plans = [(col, _measures(col)) for col in columns]
+_BLOCKING = {"nul_bytes", "nul_escapes"}
+
+
+def profile_table(
+    cfg: SourceConfig, sf: Any, ref: str, columns: list[ColumnPlan], *, blocking_only: bool = False
+) -> list[ColumnProfile]:
+    """Measure every column in one query (per-column queries if the source refuses one of them).
+
+    ``blocking_only``: measure only what can stop a run (what ``run`` checks before moving data).
+    """
+    plans = [(col, [m for m in _measures(col) if not blocking_only or m[0] in _BLOCKING]) for col in columns]
+    plans = [(col, ms) for col, ms in plans if ms]
+    if not plans:
+        return []
     flat = [(i, name, expr) for i, (_, ms) in enumerate(plans) for name, expr in ms]
     values: dict[tuple[int, str], Any] = {}
     cur = sf.cursor()
@@ -82,9 +93,9 @@ def _describe(cfg: SourceConfig, col: ColumnPlan, m: dict[str, Any]) -> ColumnPr
                 p.facts.append(text + f"; they will be replaced by {cfg.nul_replacement!r}")
     if m.get("max_length") is not None:
         p.facts.append(f"longest value {m['max_length']:,} characters")
-    if m.get("max_abs") is not None:
-        digits = len(str(int(abs(m["max_abs"]))))
-        p.facts.append(f"largest magnitude {m['max_abs']} ({digits} integer digits used)")
+    if m.get("min") is not None and m.get("max") is not None:
+        digits = max(len(str(int(abs(m["min"])))), len(str(int(abs(m["max"])))))
+        p.facts.append(f"values from {m['min']} to {m['max']} ({digits} integer digits used)")
     if "scale_used" in m and m["scale_used"] is not None:
         p.facts.append(f"{m['scale_used']:,} values use the fractional part")
     if m.get("special"):
@@ -93,6 +104,6 @@ def _describe(cfg: SourceConfig, col: ColumnPlan, m: dict[str, Any]) -> ColumnPr
         p.facts.append(f"{m['offsets']:,} values carry a non-UTC offset: timestamptz keeps the instant, not the offset")
     if m.get("sub_us"):
         p.facts.append(f"{m['sub_us']:,} values have sub-microsecond digits: PostgreSQL rounds them to microseconds")
-    if any(v is None for k, v in m.items() if k not in ("max_length", "max_abs")):
+    if any(v is None for k, v in m.items() if k not in ("max_length", "min", "max")):
         p.facts.append("some measures are not supported by this source")
     return p

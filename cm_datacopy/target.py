@@ -86,13 +86,26 @@ def create_table_sql(schema: str, table: str, columns: list[ColumnPlan]) -> sql.
     return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(sql.Identifier(schema, table), defs)
 
 
-def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str, columns: list[ColumnPlan]) -> bool:
-    """Create the table (and schema) if absent; returns True if it was created."""
+def ensure_table(
+    conn: psycopg.Connection[Any], schema: str, table: str, columns: list[ColumnPlan], key_index: str | None = None
+) -> bool:
+    """Create the table (and schema) if absent; returns True if it was created.
+
+    ``key_index``: a column to index, so in-place chunks delete their range without scanning the table.
+    """
     if check_fits(conn, schema, table, columns):
         return False
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         cur.execute(create_table_sql(schema, table, columns))
+        if key_index is not None:
+            cur.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    sql.Identifier(f"{table[:40]}_cmdc_chunk_key"),
+                    sql.Identifier(schema, table),
+                    sql.Identifier(key_index),
+                )
+            )
     return True
 
 
