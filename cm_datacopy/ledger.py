@@ -160,6 +160,26 @@ def latest_run(conn: psycopg.Connection[Any], source: str) -> RunEntry | None:
     return _run(row) if row else None
 
 
+def find_run_by_suffix(conn: psycopg.Connection[Any], source: str, suffix: str) -> RunEntry | None:
+    """The source's run whose id ends with ``-suffix`` (the random tail of ``new_run_id``).
+
+    The Dagster layer puts this short tag in partition keys instead of the whole run id.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM migration_status.migration_runs WHERE source = %s AND right(run_id, %s) = %s "
+            "ORDER BY started_at DESC LIMIT 2",
+            (source, len(suffix) + 1, f"-{suffix}"),
+        )
+        rows = cur.fetchall()
+    conn.commit()
+    if len(rows) > 1:
+        from cm_datacopy.errors import DatacopyError
+
+        raise DatacopyError(f"two runs of {source!r} end with {suffix!r}: {rows[0]['run_id']}, {rows[1]['run_id']}")
+    return _run(rows[0]) if rows else None
+
+
 def find_resumable(conn: psycopg.Connection[Any], source: str, max_age_hours: float) -> RunEntry | None:
     """The newest unfinished run of the source started within ``max_age_hours``."""
     with conn.cursor(row_factory=dict_row) as cur:
