@@ -8,6 +8,7 @@ comparison stays one small function.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,15 +38,23 @@ class TableVerification:
         return not self.mismatches
 
 
-def verify_table(cfg: SourceConfig, run_id: str, table_key: str) -> TableVerification:
-    """Compare source and target row counts of every done chunk of ``table_key`` in ``run_id``."""
+def verify_table(
+    cfg: SourceConfig, run_id: str, table_key: str, chunk_indexes: Collection[int] | None = None
+) -> TableVerification:
+    """Compare source and target row counts of the done chunks of ``table_key`` in ``run_id``
+    (all of them, or those in ``chunk_indexes``: the Dagster check verifies the chunk it follows)."""
     with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
         run = ledger.get_run(pg, run_id)
         entry = next((t for t in ledger.table_entries(pg, run_id) if t.table_key == table_key), None)
         if run is None or entry is None:
             raise DatacopyError(f"the ledger has no table {table_key!r} in run {run_id}")
-        every = [c for c in ledger.chunks(pg, run_id) if c.table_key == table_key]
-        open_ = {c.index for c in ledger.chunks(pg, run_id, open_only=True) if c.table_key == table_key}
+        every = [
+            c
+            for c in ledger.chunks(pg, run_id)
+            if c.table_key == table_key and (chunk_indexes is None or c.index in chunk_indexes)
+        ]
+        wanted = {c.index for c in every}
+        open_ = {c.index for c in ledger.chunks(pg, run_id, open_only=True) if c.table_key == table_key} & wanted
         done = [c for c in every if c.index not in open_]
         source_total = target_total = 0
         mismatches: list[str] = []

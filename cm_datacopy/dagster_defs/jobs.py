@@ -1,4 +1,4 @@
-"""Jobs: plan a source (the seed's first steps), copy a table's chunks, verify a source's tables.
+"""Jobs: plan a source (the seed's first steps) and copy a table's chunks.
 
 Planning is a job, not an asset: it does not produce data, it decides which run the chunks belong
 to. It holds the source lock (as ``cm-datacopy run`` does), so it refuses to plan while a CLI run of
@@ -115,12 +115,4 @@ def copy_table_job(source: str, asset: dg.AssetsDefinition) -> UnresolvedAssetJo
         name=copy_job_name(source, asset.key),
         selection=dg.AssetSelection.assets(asset.key),
         tags={"cm_datacopy/source": source},
-    )
-
-
-def verify_source_job(source: str, assets: list[dg.AssetsDefinition]) -> UnresolvedAssetJobDefinition:
-    return dg.define_asset_job(
-        name=f"verify_{source}",
-        selection=dg.AssetSelection.checks_for_assets(*assets),
-        description=f"Compare row counts of every copied chunk of {source}'s tables with Snowflake.",
     )

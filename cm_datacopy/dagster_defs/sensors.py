@@ -61,6 +61,14 @@ def _partition_keys(instance: dg.DagsterInstance, run: dg.DagsterRun, pdef_name:
     return []
 
 
+def _our_assets(run: dg.DagsterRun, targets: dict[dg.AssetKey, Target]) -> list[dg.AssetKey]:
+    """Our table assets this run materializes: from its asset selection (UI, backfills), else from its
+    job (a copy job launched whole, as the sensor's own requests are, carries no asset selection)."""
+    if run.asset_selection:
+        return [k for k in sorted(run.asset_selection, key=str) if k in targets]
+    return [k for k, t in targets.items() if t.job_name == run.job_name]
+
+
 def resume_requests(
     instance: dg.DagsterInstance,
     run: dg.DagsterRun,
@@ -69,7 +77,7 @@ def resume_requests(
     now: dt.datetime | None = None,
 ) -> dg.SensorResult | dg.SkipReason | None:
     """The decision for one failed run: run requests, a reason to do nothing, or None (not ours)."""
-    ours = [k for k in sorted(run.asset_selection or [], key=str) if k in targets]
+    ours = _our_assets(run, targets)
     if not ours:
         return None
     if run.tags.get(WILL_RETRY_TAG) == "true":

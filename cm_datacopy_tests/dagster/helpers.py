@@ -85,3 +85,8 @@ def chunk_held(pg: dict[str, Any], key_value: int) -> Iterator[None]:
         conn.execute("SELECT 1 FROM copy.events WHERE id = %s FOR UPDATE", (key_value,))
         yield
         conn.rollback()
+
+
+def source_config_path(defs: dg.Definitions) -> str:
+    """The config file the definitions were built from (their ``datacopy`` resource's path)."""
+    return defs.resources["datacopy"].path

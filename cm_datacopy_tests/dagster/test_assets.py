@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
+import psycopg
 import pytest
 
+from cm_datacopy.config import load_config
+from cm_datacopy.verify import verify_table
 from cm_datacopy_tests.dagster.helpers import (
     EVENTS_JOB,
     EVENTS_KEY,
@@ -13,6 +16,7 @@ from cm_datacopy_tests.dagster.helpers import (
     plan,
     seed_source,
     source_config,
+    source_config_path,
 )
 from cm_datacopy_tests.helpers import pg_rows
 
@@ -72,3 +76,30 @@ def test_resume_keeps_keys_and_a_new_run_starts_unmaterialized(setup):
     assert instance.get_dynamic_partitions("analytics__copy__regions") == [new_keys[0].split("-")[0] + "-00000"]
     assert pg_rows(pg, "SELECT no_resume FROM migration_status.migration_runs WHERE run_id = %s", (fresh,)) == [(True,)]
     assert not instance.get_materialized_partitions(REGIONS_KEY)
+
+
+def test_each_chunk_run_checks_its_row_counts_and_names_a_chunk_that_differs(setup):
+    defs, instance, pg = setup
+    plan(defs, instance)
+    keys = instance.get_dynamic_partitions("analytics__copy__events")
+    job = defs.resolve_job_def(EVENTS_JOB)
+    evaluations = []
+    for key in keys:
+        evaluations += job.execute_in_process(instance=instance, partition_key=key).get_asset_check_evaluations()
+    assert [(e.partition, e.passed) for e in evaluations] == [(k, True) for k in keys]
+    assert sum(e.metadata["target_rows"].value for e in evaluations) == 5_000
+    regions = defs.resolve_job_def("copy__analytics__copy__regions").execute_in_process(
+        instance=instance, partition_key=instance.get_dynamic_partitions("analytics__copy__regions")[0]
+    )
+    assert [e.passed for e in regions.get_asset_check_evaluations()] == [True]
+    assert pg_rows(pg, "SELECT status FROM migration_status.migration_runs") == [("completed",)]
+
+    # A row lost from the target after the copy: the verification names the chunk.
+    with psycopg.connect(**pg) as conn:
+        conn.execute("DELETE FROM copy.events WHERE id = 2222")
+    cfg = load_config(source_config_path(defs)).source("analytics")
+    run_id = pg_rows(pg, "SELECT run_id FROM migration_status.migration_runs")[0][0]
+    result = verify_table(cfg, run_id, "copy.events")
+    assert not result.ok and (result.source_rows, result.target_rows) == (5_000, 4_999)
+    assert len(result.mismatches) == 1 and result.mismatches[0].startswith("chunk 00001 (ID >= ")
+    assert result.mismatches[0].endswith("Snowflake 2000 rows, PostgreSQL 1999 rows")

@@ -32,7 +32,7 @@ def test_shipped_config_loads(monkeypatch):
         ("conflict", "conflict", "regions"),
     }
     jobs = {j.name for j in repo.get_all_jobs()}
-    assert {"plan_analytics", "plan_conflict", "verify_analytics", "verify_conflict"} <= jobs
+    assert {"plan_analytics", "plan_conflict"} <= jobs
     assert "copy__conflict__conflict__regions" in jobs
     events = repo.assets_defs_by_key[dg.AssetKey(["analytics", "analytics", "events"])]
     assert isinstance(events.partitions_def, dg.DynamicPartitionsDefinition)
