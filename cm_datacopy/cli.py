@@ -213,5 +213,18 @@ def demo(workdir: str, rows: int) -> None:
     sys.exit(run_demo(workdir, rows, console))
 
 
+@main.command()
+@click.option("--workdir", default=".demo-ui", show_default=True, help="where the stand-ins and Dagster keep files")
+@click.option("--rows", default=20_000, show_default=True, help="rows per sample table")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+@_user_errors
+def ui(workdir: str, rows: int, host: str, port: int) -> None:
+    """The Dagster UI and daemon on the demo's stand-ins: assets, backfills, the auto-resume sensor."""
+    from cm_datacopy.dagster_defs.ui import run_ui
+
+    sys.exit(run_ui(workdir, rows, host, port, console))
+
+
 if __name__ == "__main__":
     main()
