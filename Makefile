@@ -18,9 +18,12 @@ test: $(BIN)/cm-datacopy
 	$(BIN)/ruff check cm_datacopy cm_datacopy_tests
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+ui: $(BIN)/cm-datacopy
+	$(BIN)/cm-datacopy ui
+
 lint: $(BIN)/cm-datacopy
 	$(BIN)/ruff check cm_datacopy cm_datacopy_tests
 	$(BIN)/ruff format --check cm_datacopy cm_datacopy_tests
 
 clean:
-	rm -rf $(VENV) .demo
+	rm -rf $(VENV) .demo .demo-ui

@@ -231,7 +231,7 @@ def verify(ctx: click.Context, source: str | None, run_id: str | None) -> None:
     cfg = _source(ctx, source)
     if run_id is None:
         with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-            latest = ledger.latest_run(pg, cfg.name) if status_mod.ledger_exists(pg) else None
+            latest = ledger.latest_run(pg, cfg.name) if ledger.exists(pg) else None
         if latest is None:
             raise DatacopyError(f"no runs of {cfg.name} to verify")
         run_id = latest.run_id
@@ -264,6 +264,19 @@ def demo(workdir: str, rows: int) -> None:
     from cm_datacopy.demo import run_demo
 
     sys.exit(run_demo(workdir, rows, console))
+
+
+@main.command()
+@click.option("--workdir", default=".demo-ui", show_default=True, help="where the stand-ins and Dagster keep files")
+@click.option("--rows", default=20_000, show_default=True, help="rows per sample table")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+@_user_errors
+def ui(workdir: str, rows: int, host: str, port: int) -> None:
+    """The Dagster UI and daemon on the demo's stand-ins: assets, backfills, the auto-resume sensor."""
+    from cm_datacopy.dagster_defs.ui import run_ui
+
+    sys.exit(run_ui(workdir, rows, host, port, console))
 
 
 if __name__ == "__main__":

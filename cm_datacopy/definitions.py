@@ -1,5 +1,5 @@
-"""Dagster definitions (filled in by the Dagster layer)."""
+"""The code location Dagster loads (``[tool.dagster] module_name``): built from the config file."""
 
-import dagster as dg
+from cm_datacopy.dagster_defs import build_definitions
 
-defs = dg.Definitions()
+defs = build_definitions()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,34 +71,52 @@ def _ledger_ready(pg: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
+@dataclass(frozen=True)
+class Standins:
+    """The demo's running stand-ins and the config pointing at them."""
+
+    snowflake: standin_snowflake.StandinSnowflake
+    postgres: dict[str, Any]
+    config: Path
+
+
+def start_standins(stack: contextlib.ExitStack, work: Path, rows: int, console: Console) -> Standins:
+    """Start fakesnow seeded with the sample tables and a PostgreSQL (embedded, or
+    ``CM_DATACOPY_DEMO_POSTGRES``) with a fresh ``cm_datacopy_demo`` database; write the derived config.
+    Shared by ``demo`` and ``ui``; the servers stop when ``stack`` closes."""
+    t0 = time.monotonic()
+    os.environ[PASSWORD_ENV] = secrets.token_urlsafe(16)
+    sf = stack.enter_context(standin_snowflake.running(os.environ[PASSWORD_ENV], work))
+    console.print(f"[bold]1.[/bold] Snowflake stand-in (fakesnow) on {sf.host}:{sf.port}")
+    import snowflake.connector
+
+    with contextlib.closing(snowflake.connector.connect(**sf.connect_kwargs())) as conn:
+        counts = create_sample_tables(conn, rows)
+    console.print("   sample tables: " + ", ".join(f"{k} ({v:,} rows)" for k, v in counts.items()))
+
+    if os.environ.get(POSTGRES_ENV):
+        pg_kwargs: dict[str, Any] = conninfo_to_dict(os.environ[POSTGRES_ENV])
+        where = f"{POSTGRES_ENV}"
+    else:
+        pg_kwargs = stack.enter_context(embedded_postgres(work / "postgres"))
+        where = f"embedded PostgreSQL at {pg_kwargs['host']}"
+    _fresh_database(pg_kwargs)
+    pg_kwargs["dbname"] = "cm_datacopy_demo"
+    console.print(f"[bold]2.[/bold] PostgreSQL: {where}, database cm_datacopy_demo ({time.monotonic() - t0:.1f} s)")
+
+    config = demo_config(SHIPPED_CONFIG, sf, pg_kwargs, work / "cm_datacopy.yaml")
+    console.print(f"[bold]3.[/bold] config {config} (the shipped sources, pointed at the stand-ins)")
+    return Standins(sf, pg_kwargs, config)
+
+
 def run_demo(workdir: str, rows: int, console: Console) -> int:
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(16)
-    os.environ[PASSWORD_ENV] = password
     with contextlib.ExitStack() as stack:
         t0 = time.monotonic()
-        sf = stack.enter_context(standin_snowflake.running(password, work))
-        console.print(f"[bold]1.[/bold] Snowflake stand-in (fakesnow) on {sf.host}:{sf.port}")
-        import snowflake.connector
-
-        with contextlib.closing(snowflake.connector.connect(**sf.connect_kwargs())) as conn:
-            counts = create_sample_tables(conn, rows)
-        console.print("   sample tables: " + ", ".join(f"{k} ({v:,} rows)" for k, v in counts.items()))
-
-        if os.environ.get(POSTGRES_ENV):
-            pg_kwargs: dict[str, Any] = conninfo_to_dict(os.environ[POSTGRES_ENV])
-            where = f"{POSTGRES_ENV}"
-        else:
-            pg_kwargs = stack.enter_context(embedded_postgres(work / "postgres"))
-            where = f"embedded PostgreSQL at {pg_kwargs['host']}"
-        _fresh_database(pg_kwargs)
-        pg_kwargs["dbname"] = "cm_datacopy_demo"
-        console.print(f"[bold]2.[/bold] PostgreSQL: {where}, database cm_datacopy_demo ({time.monotonic() - t0:.1f} s)")
-
-        config = demo_config(SHIPPED_CONFIG, sf, pg_kwargs, work / "cm_datacopy.yaml")
+        started = start_standins(stack, work, rows, console)
+        pg_kwargs, config = started.postgres, started.config
         loaded = load_config(config)
-        console.print(f"[bold]3.[/bold] config {config} (the shipped sources, pointed at the stand-ins)")
         for name in loaded.sources:
             check = subprocess.run(_cli(config, "check", name), capture_output=True, text=True)
             console.print(f"   check {name}: {(check.stdout or check.stderr).strip()}")

@@ -175,6 +175,26 @@ def latest_run(conn: psycopg.Connection[Any], source: str) -> RunEntry | None:
     return _run(row) if row else None
 
 
+def find_run_by_suffix(conn: psycopg.Connection[Any], source: str, suffix: str) -> RunEntry | None:
+    """The source's run whose id ends with ``-suffix`` (the random tail of ``new_run_id``).
+
+    The Dagster layer puts this short tag in partition keys instead of the whole run id.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT * FROM migration_status.migration_runs WHERE source = %s AND right(run_id, %s) = %s "
+            "ORDER BY started_at DESC LIMIT 2",
+            (source, len(suffix) + 1, f"-{suffix}"),
+        )
+        rows = cur.fetchall()
+    conn.commit()
+    if len(rows) > 1:
+        from cm_datacopy.errors import DatacopyError
+
+        raise DatacopyError(f"two runs of {source!r} end with {suffix!r}: {rows[0]['run_id']}, {rows[1]['run_id']}")
+    return _run(rows[0]) if rows else None
+
+
 def find_resumable(conn: psycopg.Connection[Any], source: str, max_age_hours: float) -> RunEntry | None:
     """The newest unfinished run of the source started within ``max_age_hours``."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -461,3 +481,32 @@ def finish_run(conn: psycopg.Connection[Any], run_id: str, publish_error: str | 
             (status, None if status == "completed" else problem[:2000], run_id),
         )
     return status
+
+
+def exists(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the ledger schema has been created in this database."""
+    row = conn.execute("SELECT to_regclass('migration_status.migration_runs') IS NOT NULL").fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def published_tables(conn: psycopg.Connection[Any], run_id: str) -> set[str]:
+    """Tables of the run whose publish-mode swap is done."""
+    rows = conn.execute(
+        "SELECT table_key FROM migration_status.migration_table_status WHERE run_id = %s AND published_at IS NOT NULL",
+        (run_id,),
+    ).fetchall()
+    conn.commit()
+    return {row[0] for row in rows}
+
+
+def run_is_complete(conn: psycopg.Connection[Any], run_id: str) -> bool:
+    """No chunk open and every publish-mode table published: the run can be marked completed."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM migration_status.migration_chunk_status WHERE run_id = %s AND status <> 'done') "
+        "+ (SELECT count(*) FROM migration_status.migration_table_status WHERE run_id = %s AND mode = 'publish' "
+        "AND published_at IS NULL)",
+        (run_id, run_id),
+    ).fetchone()
+    conn.commit()
+    return bool(row) and row[0] == 0

@@ -116,7 +116,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     if candidate is not None and candidate.config_fingerprint == cfg.fingerprint():
         count = ledger.mark_resumed(pg, candidate.run_id)
         publish.ensure_shadows(
-            pg, ledger.table_entries(pg, candidate.run_id), publish.published_tables(pg, candidate.run_id)
+            pg, ledger.table_entries(pg, candidate.run_id), ledger.published_tables(pg, candidate.run_id)
         )
         return RunStart(candidate.run_id, True, count, f"resuming run {candidate.run_id} (resume #{count})")
     if no_resume:

@@ -47,15 +47,6 @@ def ensure_shadows(pg: psycopg.Connection[Any], entries: list[TableEntry], publi
                 cur.execute(create_table_sql(entry.load_schema, entry.load_table, entry.columns))
 
 
-def published_tables(pg: psycopg.Connection[Any], run_id: str) -> set[str]:
-    rows = pg.execute(
-        "SELECT table_key FROM migration_status.migration_table_status WHERE run_id = %s AND published_at IS NOT NULL",
-        (run_id,),
-    ).fetchall()
-    pg.commit()
-    return {row[0] for row in rows}
-
-
 def drop_stale_shadows(pg: psycopg.Connection[Any], source: str, keep_run: str) -> None:
     """Shadows of this source's older unpublished runs: they will never be published now."""
     with pg.transaction(), pg.cursor() as cur:

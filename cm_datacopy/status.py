@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from cm_datacopy import ledger
+
 TABLES_SQL = """
 SELECT t.table_key, t.status, t.chunks_total,
        count(*) FILTER (WHERE c.status = 'done')              AS chunks_done,
@@ -47,13 +49,8 @@ class RunStatus:
     open_chunks: list[dict[str, Any]]
 
 
-def ledger_exists(pg: psycopg.Connection[Any]) -> bool:
-    row = pg.execute("SELECT to_regclass('migration_status.migration_runs') IS NOT NULL").fetchone()
-    return bool(row and row[0])
-
-
 def recent_runs(pg: psycopg.Connection[Any], source: str, limit: int = 5) -> list[dict[str, Any]]:
-    if not ledger_exists(pg):
+    if not ledger.exists(pg):
         return []
     with pg.cursor(row_factory=dict_row) as cur:
         cur.execute(RUNS_SQL, (source, limit))
