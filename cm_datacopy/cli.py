@@ -43,6 +43,19 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except DatacopyError as exc:
             err_console.print(f"[red]error:[/red] {redact(str(exc))}", markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            # A connection lost mid-step (a PostgreSQL restart, a network cut, Snowflake gone): one line, exit 1.
+            if not isinstance(exc, psycopg.OperationalError) and not type(exc).__module__.startswith("snowflake."):
+                raise
+            from cm_datacopy.copy import describe_error
+
+            err_console.print(
+                f"[red]error:[/red] lost a database connection: {describe_error(exc)}; run the command again "
+                "(a run resumes where it stopped)",
+                markup=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
 
     return wrapper
 

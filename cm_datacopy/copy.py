@@ -12,8 +12,10 @@ Follow a row from Snowflake to PostgreSQL in ``copy_chunk`` below:
 
 A process killed at any instant leaves either the old rows and an open chunk, or the new rows and
 a done chunk. A worker frozen inside step 4 cannot block the next attempt for long: PostgreSQL
-ends its transaction after ``chunk_timeout_seconds`` (statement and idle-in-transaction timeouts),
-and the next attempt waits at most ``lock_timeout_seconds`` for the ledger row.
+ends its transaction after ``chunk_timeout_seconds`` when it is between statements
+(idle-in-transaction timeout) or running one (statement timeout); frozen inside COPY, where the
+server waits for client data and acts on neither, the next attempt ends it once it is older than
+``chunk_timeout_seconds`` (``fence.claim_attempt``: ``pg_terminate_backend`` of the row lock's holder).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from psycopg import sql
 from cm_datacopy import ledger, source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, TruncationRefused
+from cm_datacopy.fence import claim_attempt
 from cm_datacopy.redact import redact
 from cm_datacopy.typeplan import ColumnPlan
 
@@ -132,7 +135,7 @@ def copy_chunk(
             return ChunkResult(run_id, table_key, chunk_index, "already_done", attempt=state.attempts)
 
         # 2. A new attempt number, committed before any work: older attempts can no longer commit.
-        attempt = ledger.start_attempt(pg, run_id, table_key, chunk_index, worker or worker_name())
+        attempt = claim_attempt(pg, cfg, run_id, table_key, chunk_index, worker or worker_name())
         if attempt is None:
             return ChunkResult(run_id, table_key, chunk_index, "already_done")
         started = time.monotonic()

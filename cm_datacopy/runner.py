@@ -5,18 +5,20 @@ This is what ``cm-datacopy run`` does; the Dagster layer does the same steps as 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
 from cm_datacopy import ledger
 from cm_datacopy.chunks import Chunk
 from cm_datacopy.config import SourceConfig
-from cm_datacopy.copy import ChunkResult, Connections, copy_chunk
+from cm_datacopy.copy import ChunkResult, Connections, copy_chunk, describe_error
 from cm_datacopy.errors import ChunkError, DatacopyError
 from cm_datacopy.lock import SourceLock
 from cm_datacopy.planning import RunStart, start_or_resume
@@ -79,6 +81,9 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
                     except DatacopyError as exc:
                         outcome.errors.append(str(exc))
                         continue
+                    except psycopg.Error as exc:  # the ledger unreachable before the chunk's attempt began
+                        outcome.errors.append(f"chunk {describe_error(exc)}")
+                        continue
                     outcome.chunks_copied += result.outcome == "copied"
                     outcome.rows += result.rows
                     notify("chunk", result)
@@ -86,5 +91,20 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
             for conns in opened:
                 conns.close()
             outcome.seconds = time.monotonic() - began
-            outcome.status = ledger.finish_run(pg, start.run_id)
+            outcome.status = _finish(cfg, pg, start.run_id)
         return outcome
+
+
+def _finish(cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str) -> str:
+    """``ledger.finish_run``; on a fresh connection if the run's own was lost (PostgreSQL restarted, network cut)."""
+    if not pg.closed:
+        with contextlib.suppress(psycopg.OperationalError):
+            return ledger.finish_run(pg, run_id)
+    try:
+        with psycopg.connect(**cfg.postgres.connect_kwargs()) as fresh:
+            return ledger.finish_run(fresh, run_id)
+    except psycopg.Error as exc:
+        raise DatacopyError(
+            f"could not record the end of run {run_id}: {describe_error(exc)}; "
+            "run again to resume (the chunks copied so far are kept)"
+        ) from None
