@@ -40,6 +40,7 @@ from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, TruncationRefused
 from cm_datacopy.fence import claim_attempt
 from cm_datacopy.redact import redact
+from cm_datacopy.sql import BoundIdentifier
 from cm_datacopy.typeplan import ColumnPlan
 
 
@@ -155,7 +156,8 @@ def copy_chunk(
                     where, params = sql.SQL("TRUE"), []
                 else:
                     where, params = chunk.postgres_where(key_column)
-                cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
+                delete_from = BoundIdentifier(table.load_schema, table.load_table)  # % in names, with parameters
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(delete_from, where), params)
                 replaced = cur.rowcount
                 rows, nbytes = _copy_batches(cur, target, table.columns, batches)
                 seconds = time.monotonic() - started

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg import sql
 
 
@@ -16,3 +18,16 @@ def sf_table(database: str, schema: str, table: str) -> str:
 
 def pg_table(schema: str, table: str) -> sql.Identifier:
     return sql.Identifier(schema, table)
+
+
+class BoundIdentifier(sql.Identifier):
+    """A PostgreSQL identifier in a statement executed *with* parameters.
+
+    psycopg reads every ``%`` of such a statement as a placeholder, even inside a quoted name: a
+    name holding ``%s`` would take a parameter's place, any other ``%`` breaks the statement. The
+    ``%`` of the name is doubled, which psycopg turns back into one ``%`` when it binds.
+    Use plain ``sql.Identifier`` in statements without parameters (there ``%%`` stays ``%%``).
+    """
+
+    def as_bytes(self, context: Any = None) -> bytes:
+        return super().as_bytes(context).replace(b"%", b"%%")
