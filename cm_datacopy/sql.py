@@ -31,3 +31,16 @@ class BoundIdentifier(sql.Identifier):
 
     def as_bytes(self, context: Any = None) -> bytes:
         return super().as_bytes(context).replace(b"%", b"%%")
+
+
+def create_schema_if_absent(cur: Any, name: str) -> None:
+    """``CREATE SCHEMA`` only when absent: even ``IF NOT EXISTS`` needs CREATE on the database, which a
+    role that was given its own pre-created schemas (the least privilege) does not have."""
+    cur.execute("SELECT to_regnamespace(%s) IS NULL", (pg_name_text(name),))
+    if cur.fetchone()[0]:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
+
+
+def pg_name_text(name: str) -> str:
+    """A PostgreSQL name as regnamespace/regclass input text: always quoted, so case and dots are kept."""
+    return '"' + name.replace('"', '""') + '"'

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import sql
 
 from cm_datacopy.errors import PlanError
+from cm_datacopy.sql import create_schema_if_absent
 from cm_datacopy.typeplan import ColumnPlan, fits
 
 _PG_NAME_MAX = 63  # NAMEDATALEN - 1
@@ -103,6 +104,6 @@ def ensure_table(conn: psycopg.Connection[Any], schema: str, table: str, columns
     if check_fits(conn, schema, table, columns):
         return False
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        create_schema_if_absent(cur, schema)
         cur.execute(create_table_sql(schema, table, columns))
     return True

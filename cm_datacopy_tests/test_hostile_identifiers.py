@@ -24,6 +24,7 @@ VALUE = "v;--%(x)s ü 🚀"
         ("copy", None),
         ('s"ch;%ema ?', 't%"; DELETE FROM x; --?'),
         ("Ünïcödé schéma", "Tâble 🚀"),
+        ("[bold]s[/]", "t[/red] [x]"),  # rich console markup in names
     ],
 )
 @pytest.mark.parametrize("chunked", [True, False])
@@ -57,3 +58,14 @@ def test_hostile_names_copy_exactly(snowflake_server, sf_db, pg_db, config_path,
     assert rows == [(2500, 2500, 0, "row 999 %s ? ' \" ;")]
     chunks = pg_rows(pg_db, "SELECT count(*) FROM migration_status.migration_chunk_status WHERE status = 'done'")
     assert chunks[0][0] == (2 * 3 if chunked else 2)
+
+
+@pytest.mark.parametrize("name", ["NO[/x]TABLE", "[bold]NOPE"])
+def test_errors_name_hostile_tables_exactly(snowflake_server, sf_db, pg_db, config_path, name):
+    """An error naming a table prints the name as it is: no markup interpretation, no crash."""
+    write_config(config_path, snowflake_server, sf_db, pg_db, [{"source": name, "target_schema": "copy"}])
+    for command in ("run", "plan", "check"):
+        result = cli(config_path, command, "analytics")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"{name} does not exist" in " ".join(result.stderr.split())
