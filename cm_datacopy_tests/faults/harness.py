@@ -359,7 +359,7 @@ class Harness:
     def _wait_for_moment(self, dbname: str, proc: subprocess.Popen[bytes], fraction: float) -> bool:
         """Wait until a random share of the chunks is done, plus a random part of a chunk; False if the run ended."""
         deadline = time.monotonic() + 120
-        target_done, extra = None, self.rng.uniform(0.0, 0.3)
+        target_done, extra = None, self.rng.uniform(0.0, 0.15)
         while proc.poll() is None and time.monotonic() < deadline:
             row = self._pg(
                 dbname,
