@@ -16,7 +16,7 @@ from cm_datacopy import source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.redact import redact
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.sql import create_schema_if_absent, sf_ident
 
 
 def check_source(cfg: SourceConfig) -> list[str]:
@@ -66,7 +66,7 @@ def _check_postgres(cfg: SourceConfig) -> list[str]:
         for schema in sorted({t.target_schema for t in cfg.tables} | {"migration_status"}):
             try:
                 with conn.transaction(force_rollback=True), conn.cursor() as cur:
-                    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                    create_schema_if_absent(cur, schema)
                     cur.execute(
                         sql.SQL("CREATE TABLE {} (probe integer)").format(
                             sql.Identifier(schema, "cm_datacopy_write_probe")

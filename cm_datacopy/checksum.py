@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from cm_datacopy.chunks import Chunk
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.sql import BoundIdentifier, sf_ident
 from cm_datacopy.typeplan import ColumnPlan
 
 _INT_TYPES = {"smallint", "integer", "bigint"}
@@ -83,7 +83,7 @@ def _sf_string(value: str) -> str:
 
 
 def _pg_text(col: ColumnPlan) -> sql.Composable:
-    c = sql.Identifier(col.target_name)
+    c = BoundIdentifier(col.target_name)  # checksum statements always carry parameters
     pg = col.pg_type
     if pg in _INT_TYPES:
         return sql.SQL("{}::text").format(c)
@@ -119,7 +119,7 @@ def snowflake_row_text(columns: list[ColumnPlan], nul_replacement: str | None = 
 def postgres_row_text(columns: list[ColumnPlan]) -> sql.Composable:
     parts = [
         sql.SQL("CASE WHEN {c} IS NULL THEN 'n' ELSE 'v' || length({t}) || ':' || {t} END").format(
-            c=sql.Identifier(col.target_name), t=_pg_text(col)
+            c=BoundIdentifier(col.target_name), t=_pg_text(col)
         )
         for col in columns
     ]
@@ -178,7 +178,7 @@ def postgres_checksum_sql(table: sql.Identifier, columns: list[ColumnPlan], wher
         row=postgres_row_text(columns),
         n=sql.Literal(_HEX_DIGITS),
         bits=sql.Literal(_HEX_DIGITS * 4),
-        table=table,
+        table=BoundIdentifier(*table._obj),
         where=where,
     )
 

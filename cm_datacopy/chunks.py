@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import sql
 
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.sql import BoundIdentifier, sf_ident
 from cm_datacopy.typeplan import KeyKind
 
 
@@ -109,7 +109,7 @@ class Chunk:
         """The same rows in the PostgreSQL target, by the key's target column name, and parameters."""
         if self.key_column is None:
             return sql.SQL("TRUE"), []
-        col = sql.Identifier(key_target_column)
+        col = BoundIdentifier(key_target_column)  # the statement has parameters
         lower, upper = self._values()
         conds: list[sql.Composable] = []
         params: list[Any] = []

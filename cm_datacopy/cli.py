@@ -11,6 +11,7 @@ from typing import Any
 import click
 import psycopg
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,8 +42,29 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except DatacopyError as exc:
-            err_console.print(f"[red]error:[/red] {redact(str(exc))}", markup=True, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            err_console.print(
+                f"[red]error:[/red] PostgreSQL refused: {escape(str(exc).strip().splitlines()[0])}; grant the "
+                "privileges in the README's 'Least privileges' (or run 'cm-datacopy check')",
+                markup=True,
+                soft_wrap=True,
+            )
+            sys.exit(2)
+        except Exception as exc:
+            # A connection lost mid-step (a PostgreSQL restart, a network cut, Snowflake gone): one line, exit 1.
+            if not isinstance(exc, psycopg.OperationalError) and not type(exc).__module__.startswith("snowflake."):
+                raise
+            from cm_datacopy.copy import describe_error
+
+            err_console.print(
+                f"[red]error:[/red] lost a database connection: {describe_error(exc)}; run the command again "
+                "(a run resumes where it stopped)",
+                markup=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
 
     return wrapper
 
@@ -83,7 +105,7 @@ def check(ctx: click.Context, source: str | None) -> None:
     cfg = _source(ctx, source)
     problems = check_source(cfg)
     for problem in problems:
-        err_console.print(f"[red]✗[/red] {problem}", soft_wrap=True)
+        err_console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
     if problems:
         sys.exit(2)
     console.print(
@@ -105,26 +127,27 @@ def plan(ctx: click.Context, source: str | None, with_profile: bool) -> None:
     for table_plan in plans:
         t = table_plan.table
         state = "exists, fits" if table_plan.target_exists else "will be created"
-        console.print(f"\n[bold]{table_plan.source_ref}[/bold] → {t.key} ({state})")
+        console.print(f"\n[bold]{escape(table_plan.source_ref)}[/bold] → {escape(t.key)} ({state})")
         types = Table("column", "Snowflake", "PostgreSQL", "nullable")
         for col in table_plan.columns:
-            types.add_row(f"{col.source_name} → {col.target_name}", col.snowflake_type, col.pg_type, str(col.nullable))
+            types.add_row(
+                escape(f"{col.source_name} → {col.target_name}"), col.snowflake_type, col.pg_type, str(col.nullable)
+            )
         console.print(types)
         for p in table_plan.profile or []:
             for text in p.blocking:
-                console.print(f"  [red]BLOCKING[/red] {p.column}: {text}")
+                console.print(f"  [red]BLOCKING[/red] {escape(p.column)}: {escape(text)}")
             if p.facts:
-                console.print(f"  {p.column}: " + "; ".join(p.facts))
+                console.print(f"  {escape(p.column)}: " + escape("; ".join(p.facts)))
         chunks = Table("chunk", "range")
         shown = table_plan.chunks if len(table_plan.chunks) <= 12 else [*table_plan.chunks[:6], *table_plan.chunks[-6:]]
         for chunk in shown:
-            chunks.add_row(f"{chunk.index:05d}", chunk.describe())
-        console.print(
-            f"{len(table_plan.chunks)} chunks by {t.chunk_key or '(no key: one chunk)'}, ~{t.chunk_size} rows each"
-        )
+            chunks.add_row(f"{chunk.index:05d}", escape(chunk.describe()))
+        key = escape(t.chunk_key or "(no key: one chunk)")
+        console.print(f"{len(table_plan.chunks)} chunks by {key}, ~{t.chunk_size} rows each")
         console.print(chunks)
     for problem in blocking:
-        err_console.print(f"[red]✗[/red] {problem}", soft_wrap=True)
+        err_console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
     if blocking:
         err_console.print("a run would stop before copying anything until these are fixed")
         sys.exit(2)
@@ -159,11 +182,13 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
             elif kind == "chunk":
                 bar.update(task, advance=1, rows=bar.tasks[task].fields["rows"] + item.rows)
             elif kind == "failed" and isinstance(item, ChunkError):
-                bar.console.print(f"[red]✗[/red] {item}", soft_wrap=True)
+                bar.console.print(f"[red]✗[/red] {escape(str(item))}", soft_wrap=True)
             elif kind == "published" and item.published:
-                bar.console.print(f"published {item.table_key}: {item.rows:,} rows replaced {item.replaced_rows:,}")
+                bar.console.print(
+                    f"published {escape(item.table_key)}: {item.rows:,} rows replaced {item.replaced_rows:,}"
+                )
             elif kind == "publish_refused":
-                bar.console.print(f"[red]✗[/red] {item}", soft_wrap=True)
+                bar.console.print(f"[red]✗[/red] {escape(str(item))}", soft_wrap=True)
 
         outcome = run_source(cfg, no_resume=no_resume, progress=progress)
     colour = "green" if outcome.status == "completed" else "red"
@@ -201,7 +226,7 @@ def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = 
     table = Table("table", "status", "chunks done/total", "failed", "rows", "attempts")
     for t in report.tables:
         table.add_row(
-            t["table_key"],
+            escape(t["table_key"]),
             t["status"],
             f"{t['chunks_done']}/{t['chunks_total']}",
             str(t["chunks_failed"]),
@@ -213,7 +238,9 @@ def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = 
         failed = Table("chunk", "attempts", "last error")
         for c in report.open_chunks:
             failed.add_row(
-                f"{c['table_key']}#{c['chunk_index']:05d}", str(c["attempts"]), c["last_error"] or "(running)"
+                escape(f"{c['table_key']}#{c['chunk_index']:05d}"),
+                str(c["attempts"]),
+                escape(c["last_error"] or "(running)"),
             )
         console.print(failed)
 
@@ -250,7 +277,7 @@ def verify(ctx: click.Context, source: str | None, run_id: str | None) -> None:
     console.print(table)
     problems = [line for t in results for line in t.mismatches]
     for line in problems:
-        err_console.print(f"[red]✗[/red] {line}", soft_wrap=True)
+        err_console.print(f"[red]✗[/red] {escape(line)}", soft_wrap=True)
     if problems:
         sys.exit(1)
 

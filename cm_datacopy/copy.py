@@ -13,8 +13,10 @@ Follow a row from Snowflake to PostgreSQL in ``copy_chunk`` below:
 
 A process killed at any instant leaves either the old rows and an open chunk, or the new rows and
 a done chunk. A worker frozen inside step 4 cannot block the next attempt for long: PostgreSQL
-ends its transaction after ``chunk_timeout_seconds`` (statement and idle-in-transaction timeouts),
-and the next attempt waits at most ``lock_timeout_seconds`` for the ledger row.
+ends its transaction after ``chunk_timeout_seconds`` when it is between statements
+(idle-in-transaction timeout) or running one (statement timeout); frozen inside COPY, where the
+server waits for client data and acts on neither, the next attempt ends it once it is older than
+``chunk_timeout_seconds`` (``fence.claim_attempt``: ``pg_terminate_backend`` of the row lock's holder).
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from psycopg import sql
 from cm_datacopy import checksum, ledger, source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, TruncationRefused
+from cm_datacopy.fence import claim_attempt
 from cm_datacopy.redact import redact
+from cm_datacopy.sql import BoundIdentifier
 from cm_datacopy.typeplan import ColumnPlan
 
 
@@ -149,7 +153,7 @@ def copy_chunk(
             return ChunkResult(run_id, table_key, chunk_index, "already_done", attempt=state.attempts)
 
         # 2. A new attempt number, committed before any work: older attempts can no longer commit.
-        attempt = ledger.start_attempt(pg, run_id, table_key, chunk_index, worker or worker_name())
+        attempt = claim_attempt(pg, cfg, run_id, table_key, chunk_index, worker or worker_name())
         if attempt is None:
             return ChunkResult(run_id, table_key, chunk_index, "already_done")
         started = time.monotonic()
@@ -187,7 +191,8 @@ def copy_chunk(
                 else:
                     where, params = chunk.postgres_where(key_column)
                 if table.mode == "in_place":
-                    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where), params)
+                    delete_from = BoundIdentifier(table.load_schema, table.load_table)  # % in names, with params
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(delete_from, where), params)
                     replaced = cur.rowcount
                 else:
                     # A shadow holds only rows of done chunks (each commits with its done mark), so this

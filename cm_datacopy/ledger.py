@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from cm_datacopy.checksum import Checksum
 from cm_datacopy.chunks import Chunk
+from cm_datacopy.sql import create_schema_if_absent
 from cm_datacopy.typeplan import ColumnPlan
 
 SCHEMA = "migration_status"
@@ -104,7 +104,7 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> None:
     """Create or upgrade the ledger; idempotent and safe when many workers start at once."""
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended('cm_datacopy:ledger-ddl', 0))")
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        create_schema_if_absent(cur, SCHEMA)
         cur.execute(
             "CREATE TABLE IF NOT EXISTS migration_status.schema_version "
             "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"

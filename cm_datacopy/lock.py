@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from cm_datacopy.config import SourceConfig
-from cm_datacopy.errors import SourceBusyError
+from cm_datacopy.errors import ConnectionCheckError, SourceBusyError
+from cm_datacopy.redact import redact
 
 
 class SourceLock:
@@ -29,7 +30,16 @@ class SourceLock:
         self.lost = threading.Event()
 
     def __enter__(self) -> SourceLock:
-        conn = psycopg.connect(**self.cfg.postgres.connect_kwargs(), autocommit=True)
+        pg = self.cfg.postgres
+        try:
+            conn = psycopg.connect(**pg.connect_kwargs(), autocommit=True)
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0].split("failed: ")[-1]
+            raise ConnectionCheckError(
+                redact(
+                    f"cannot connect to PostgreSQL {pg.host}:{pg.port} as {pg.user!r}, database {pg.dbname!r}: {reason}"
+                )
+            ) from None
         conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (f"{self.idle_seconds}s",))
         row = conn.execute(
             "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"cm_datacopy:source:{self.cfg.name}",)

@@ -110,9 +110,14 @@ class RunStart:
 def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume: bool | None = None) -> RunStart:
     """The seed's rules: resume the newest unfinished run younger than ``resume_max_age_hours``,
     unless ``no_resume``; otherwise plan and store a new run. The caller holds the source lock."""
-    ledger.ensure_schema(pg)
+    # The ledger is created only once the plan holds: a config or plan error writes nothing.
+    row = pg.execute("SELECT to_regclass('migration_status.schema_version') IS NOT NULL").fetchone()
+    has_ledger = bool(row and row[0])
+    pg.commit()
+    if has_ledger:
+        ledger.ensure_schema(pg)
     no_resume = cfg.no_resume if no_resume is None else no_resume
-    candidate = None if no_resume else ledger.find_resumable(pg, cfg.name, cfg.resume_max_age_hours)
+    candidate = None if no_resume or not has_ledger else ledger.find_resumable(pg, cfg.name, cfg.resume_max_age_hours)
     if candidate is not None and candidate.config_fingerprint == cfg.fingerprint():
         count = ledger.mark_resumed(pg, candidate.run_id)
         publish.ensure_shadows(
@@ -124,7 +129,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     elif candidate is not None:
         reason = f"starting a new run: the configuration changed since run {candidate.run_id}"
     else:
-        latest = ledger.latest_run(pg, cfg.name)
+        latest = ledger.latest_run(pg, cfg.name) if has_ledger else None
         if latest is not None and latest.status != "completed":
             reason = (
                 f"starting a new run: run {latest.run_id} is older than resume_max_age ({cfg.resume_max_age_hours:g} h)"
@@ -135,6 +140,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     with source.connect(cfg.snowflake) as sf:
         snapshot_at = _snapshot_time(cfg, sf)
         plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail", blocking_only=True)
+    ledger.ensure_schema(pg)
     for plan in plans:
         key = next((c.target_name for c in plan.columns if c.source_name == plan.table.chunk_key), None)
         target.ensure_table(

@@ -5,18 +5,20 @@ This is what ``cm-datacopy run`` does; the Dagster layer does the same steps as 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
 from cm_datacopy import ledger
 from cm_datacopy.chunks import Chunk
 from cm_datacopy.config import SourceConfig
-from cm_datacopy.copy import ChunkResult, Connections, copy_chunk
+from cm_datacopy.copy import ChunkResult, Connections, copy_chunk, describe_error
 from cm_datacopy.errors import ChunkError, DatacopyError
 from cm_datacopy.lock import SourceLock
 from cm_datacopy.planning import RunStart, start_or_resume
@@ -67,6 +69,7 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
             return copy_chunk(cfg, start.run_id, chunk.table_key, chunk.index, connections=local.conns)
 
         began = time.monotonic()
+        publish_error: str | None = None
         try:
             with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=f"copy-{cfg.name}") as pool:
                 futures = [pool.submit(work, chunk) for chunk in todo]
@@ -80,6 +83,9 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
                     except DatacopyError as exc:
                         outcome.errors.append(str(exc))
                         continue
+                    except psycopg.Error as exc:  # the ledger unreachable before the chunk's attempt began
+                        outcome.errors.append(f"chunk {describe_error(exc)}")
+                        continue
                     outcome.chunks_copied += result.outcome == "copied"
                     outcome.rows += result.rows
                     notify("chunk", result)
@@ -88,12 +94,12 @@ def run_source(cfg: SourceConfig, *, no_resume: bool | None = None, progress: Pr
             for conns in opened:
                 conns.close()
             outcome.seconds = time.monotonic() - began
-        outcome.status = ledger.finish_run(pg, start.run_id, publish_error)
+            outcome.status = _finish(cfg, pg, start.run_id, publish_error)
         return outcome
 
 
 def _publish_ready_tables(
-    cfg: SourceConfig, pg: psycopg.Connection, run_id: str, outcome: RunOutcome, notify: Progress
+    cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str, outcome: RunOutcome, notify: Progress
 ) -> str | None:
     """Swap in every publish-mode table whose chunks are all done; returns the refusals, if any."""
     open_tables = {c.table_key for c in ledger.chunks(pg, run_id, open_only=True)}
@@ -104,8 +110,30 @@ def _publish_ready_tables(
         try:
             result = publish_table(cfg, pg, run_id, entry.table_key)
             notify("published", result)
-        except DatacopyError as exc:
-            refusals.append(str(exc))
-            outcome.errors.append(str(exc))
-            notify("publish_refused", exc)
+        except (DatacopyError, psycopg.Error) as exc:
+            if isinstance(exc, psycopg.OperationalError) and pg.broken:
+                raise  # the connection is gone: the run ends here and a resume publishes
+            message = (
+                describe_error(exc)
+                if isinstance(exc, DatacopyError)
+                else f"could not publish {entry.table_key}: {describe_error(exc)}"
+            )
+            refusals.append(message)
+            outcome.errors.append(message)
+            notify("publish_refused", message)
     return "; ".join(refusals) or None
+
+
+def _finish(cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str, publish_error: str | None) -> str:
+    """``ledger.finish_run``; on a fresh connection if the run's own was lost (PostgreSQL restarted, network cut)."""
+    if not pg.closed:
+        with contextlib.suppress(psycopg.OperationalError):
+            return ledger.finish_run(pg, run_id, publish_error)
+    try:
+        with psycopg.connect(**cfg.postgres.connect_kwargs()) as fresh:
+            return ledger.finish_run(fresh, run_id, publish_error)
+    except psycopg.Error as exc:
+        raise DatacopyError(
+            f"could not record the end of run {run_id}: {describe_error(exc)}; "
+            "run again to resume (the chunks copied so far are kept)"
+        ) from None

@@ -11,7 +11,10 @@ import psycopg
 from psycopg import sql
 
 from cm_datacopy.errors import PlanError
+from cm_datacopy.sql import create_schema_if_absent
 from cm_datacopy.typeplan import ColumnPlan, fits
+
+_PG_NAME_MAX = 63  # NAMEDATALEN - 1
 
 
 def existing_columns(
@@ -60,6 +63,16 @@ def shape_problems(columns: list[ColumnPlan], existing: dict[str, tuple[str, boo
 
 def check_fits(conn: psycopg.Connection[Any], schema: str, table: str, columns: list[ColumnPlan]) -> bool:
     """True if the table exists and fits, False if absent; PlanError if it exists and does not fit."""
+    too_long = [
+        f"{what} {name!r}"
+        for what, name in (("schema", schema), ("table", table), *(("column", c.target_name) for c in columns))
+        if len(name.encode()) > _PG_NAME_MAX
+    ]
+    if too_long:  # PostgreSQL would cut them: the table would be created, then never fit again
+        raise PlanError(
+            f"target {schema}.{table}: {', '.join(too_long)} longer than PostgreSQL's {_PG_NAME_MAX}-byte limit "
+            "for names; choose a shorter target_schema/target, or rename the column at the source"
+        )
     existing = existing_columns(conn, schema, table)
     conn.commit()
     if existing is None:
@@ -96,7 +109,7 @@ def ensure_table(
     if check_fits(conn, schema, table, columns):
         return False
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        create_schema_if_absent(cur, schema)
         cur.execute(create_table_sql(schema, table, columns))
         if key_index is not None:
             cur.execute(

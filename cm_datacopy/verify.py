@@ -21,7 +21,7 @@ from cm_datacopy.chunks import Chunk, encode_bound
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.ledger import RunEntry, TableEntry
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.sql import BoundIdentifier, sf_ident
 
 LEAF_ROWS = 64
 SAMPLE_KEYS = 10
@@ -101,6 +101,7 @@ def verify_table(
         if run is None or entry is None:
             raise DatacopyError(f"the ledger has no table {table_key} in run {run_id}")
         schema, table = checked_relation(pg, run_id, entry)
+        sides = _Sides(cfg, sf, pg, run, entry, sql.Identifier(schema, table))
         wanted = set(chunk_indexes) if chunk_indexes is not None else None
         open_chunks = {c.index for c in ledger.chunks(pg, run_id, open_only=True) if c.table_key == table_key}
         results, skipped = [], 0
@@ -110,7 +111,7 @@ def verify_table(
             if chunk.index in open_chunks:
                 skipped += 1
                 continue
-            results.append(_verify_chunk(cfg, sf, pg, run, entry, sql.Identifier(schema, table), chunk, narrow))
+            results.append(sides.verify_chunk(chunk, narrow))
         return TableVerification(table_key, f"{schema}.{table}", results, skipped)
 
 
@@ -120,139 +121,104 @@ def verify_run(cfg: SourceConfig, run_id: str) -> list[TableVerification]:
     return [verify_table(cfg, run_id, key) for key in keys]
 
 
-def _nul_replacement(cfg: SourceConfig) -> str | None:
-    return cfg.nul_replacement if cfg.nul_bytes == "replace" else None
+@dataclass(frozen=True)
+class _Sides:
+    """One table of one run, open on both databases: what every comparison below needs."""
 
+    cfg: SourceConfig
+    sf: Any
+    pg: psycopg.Connection[Any]
+    run: RunEntry
+    entry: TableEntry
+    relation: sql.Identifier
 
-def _checksums(
-    cfg: SourceConfig,
-    sf: Any,
-    pg: psycopg.Connection[Any],
-    run: RunEntry,
-    entry: TableEntry,
-    relation: sql.Identifier,
-    chunk: Chunk,
-) -> tuple[Checksum, Checksum]:
-    src = checksum.snowflake_checksum(
-        sf, entry.source_table, entry.columns, chunk, run.snapshot_at, _nul_replacement(cfg)
-    )
-    where, params = _pg_where(entry, chunk)
-    with pg.cursor() as cur:
-        dst = checksum.postgres_checksum(cur, relation, entry.columns, where, params)
-    pg.commit()
-    return src, dst
+    @property
+    def nul_replacement(self) -> str | None:
+        return self.cfg.nul_replacement if self.cfg.nul_bytes == "replace" else None
 
+    def pg_where(self, chunk: Chunk) -> tuple[sql.Composable, list[Any]]:
+        if chunk.key_column is None:
+            return sql.SQL("TRUE"), []
+        return chunk.postgres_where(self.entry.target_column(chunk.key_column))
 
-def _pg_where(entry: TableEntry, chunk: Chunk) -> tuple[sql.Composable, list[Any]]:
-    if chunk.key_column is None:
-        return sql.SQL("TRUE"), []
-    return chunk.postgres_where(entry.target_column(chunk.key_column))
+    def checksums(self, chunk: Chunk) -> tuple[Checksum, Checksum]:
+        src = checksum.snowflake_checksum(
+            self.sf, self.entry.source_table, self.entry.columns, chunk, self.run.snapshot_at, self.nul_replacement
+        )
+        where, params = self.pg_where(chunk)
+        with self.pg.cursor() as cur:
+            dst = checksum.postgres_checksum(cur, self.relation, self.entry.columns, where, params)
+        self.pg.commit()
+        return src, dst
 
+    def verify_chunk(self, chunk: Chunk, narrow: bool) -> ChunkVerification:
+        src, dst = self.checksums(chunk)
+        differences = self.bisect(chunk, src, dst, 0)[:SAMPLE_KEYS] if src != dst and narrow else []
+        return ChunkVerification(chunk.table_key, chunk.index, src, dst, differences)
 
-def _verify_chunk(
-    cfg: SourceConfig,
-    sf: Any,
-    pg: psycopg.Connection[Any],
-    run: RunEntry,
-    entry: TableEntry,
-    relation: sql.Identifier,
-    chunk: Chunk,
-    narrow: bool,
-) -> ChunkVerification:
-    src, dst = _checksums(cfg, sf, pg, run, entry, relation, chunk)
-    differences: list[str] = []
-    if src != dst and narrow:
-        differences = _bisect(cfg, sf, pg, run, entry, relation, chunk, src, dst, 0)[:SAMPLE_KEYS]
-    return ChunkVerification(chunk.table_key, chunk.index, src, dst, differences)
+    def bisect(self, chunk: Chunk, src: Checksum, dst: Checksum, depth: int) -> list[str]:
+        """Keys whose rows differ inside ``chunk``, halving the key range while it holds many rows."""
+        if src == dst:
+            return []
+        if chunk.key_column is None or max(src.rows, dst.rows) <= LEAF_ROWS or depth >= MAX_DEPTH:
+            return self.row_differences(chunk)
+        middle = self.middle_key(chunk, max(src.rows, 1))
+        if middle is None or middle == chunk.lower:
+            return self.row_differences(chunk)
+        found: list[str] = []
+        for half in (replace(chunk, upper=middle), replace(chunk, lower=middle, include_nulls=False)):
+            found += self.bisect(half, *self.checksums(half), depth + 1)
+            if len(found) >= SAMPLE_KEYS:
+                break
+        return found
 
+    def middle_key(self, chunk: Chunk, rows: int) -> str | None:
+        """The median key of the range in Snowflake, as a stored bound."""
+        assert chunk.key_column is not None and chunk.key_kind is not None
+        key = sf_ident(chunk.key_column)
+        at, at_params = source.at_clause(self.run.snapshot_at)
+        where, params = chunk.snowflake_where()
+        cur = self.sf.cursor()
+        cur.execute(
+            f"SELECT {key} FROM {self.entry.source_table}{at} WHERE ({where}) AND {key} IS NOT NULL "
+            f"ORDER BY {key} LIMIT 1 OFFSET {int(rows // 2)}",
+            [*at_params, *params],
+        )
+        row = cur.fetchone()
+        return None if row is None else encode_bound(chunk.key_kind, row[0])
 
-def _bisect(
-    cfg: SourceConfig,
-    sf: Any,
-    pg: psycopg.Connection[Any],
-    run: RunEntry,
-    entry: TableEntry,
-    relation: sql.Identifier,
-    chunk: Chunk,
-    src: Checksum,
-    dst: Checksum,
-    depth: int,
-) -> list[str]:
-    """Keys whose rows differ inside ``chunk``, halving the key range while it holds many rows."""
-    if src == dst:
-        return []
-    if chunk.key_column is None or max(src.rows, dst.rows) <= LEAF_ROWS or depth >= MAX_DEPTH:
-        return _row_differences(cfg, sf, pg, run, entry, relation, chunk)
-    middle = _middle_key(sf, entry, chunk, run, max(src.rows, 1))
-    if middle is None or middle == chunk.lower:
-        return _row_differences(cfg, sf, pg, run, entry, relation, chunk)
-    found = []
-    for half in (replace(chunk, upper=middle), replace(chunk, lower=middle, include_nulls=False)):
-        half_src, half_dst = _checksums(cfg, sf, pg, run, entry, relation, half)
-        found += _bisect(cfg, sf, pg, run, entry, relation, half, half_src, half_dst, depth + 1)
-        if len(found) >= SAMPLE_KEYS:
-            break
-    return found
-
-
-def _middle_key(sf: Any, entry: TableEntry, chunk: Chunk, run: RunEntry, rows: int) -> str | None:
-    """The median key of the range in Snowflake, as a stored bound."""
-    assert chunk.key_column is not None and chunk.key_kind is not None
-    key = sf_ident(chunk.key_column)
-    at, at_params = source.at_clause(run.snapshot_at)
-    where, params = chunk.snowflake_where()
-    cur = sf.cursor()
-    cur.execute(
-        f"SELECT {key} FROM {entry.source_table}{at} WHERE ({where}) AND {key} IS NOT NULL "
-        f"ORDER BY {key} LIMIT 1 OFFSET {int(rows // 2)}",
-        [*at_params, *params],
-    )
-    row = cur.fetchone()
-    return None if row is None else encode_bound(chunk.key_kind, row[0])
-
-
-def _row_differences(
-    cfg: SourceConfig,
-    sf: Any,
-    pg: psycopg.Connection[Any],
-    run: RunEntry,
-    entry: TableEntry,
-    relation: sql.Identifier,
-    chunk: Chunk,
-) -> list[str]:
-    """Compare the range row by row (few rows): keys missing, extra or different in PostgreSQL."""
-    key_source = chunk.key_column
-    at, at_params = source.at_clause(run.snapshot_at)
-    where, params = chunk.snowflake_where()
-    key_sql = sf_ident(key_source) if key_source else "NULL"
-    cur = sf.cursor()
-    cur.execute(
-        f"SELECT {key_sql}, MD5({checksum.snowflake_row_text(entry.columns, _nul_replacement(cfg))}) "
-        f"FROM {entry.source_table}{at} WHERE {where}",
-        [*at_params, *params],
-    )
-    source_rows = collections.Counter((_key_text(chunk, k), h) for k, h in cur.fetchall())
-    pg_where, pg_params = _pg_where(entry, chunk)
-    key_pg = sql.Identifier(entry.target_column(key_source)) if key_source else sql.SQL("NULL")
-    target_rows = collections.Counter(
-        (_key_text(chunk, k), h)
-        for k, h in pg.execute(
-            sql.SQL("SELECT {}, md5({}) FROM {} WHERE {}").format(
-                key_pg, checksum.postgres_row_text(entry.columns), relation, pg_where
-            ),
-            pg_params,
-        ).fetchall()
-    )
-    pg.commit()
-    missing = source_rows - target_rows
-    extra = target_rows - source_rows
-    missing_keys = {k for k, _ in missing}
-    extra_keys = {k for k, _ in extra}
-    name = entry.target_column(key_source) if key_source else "row"
-    out = [f"{name}={k} differs" for k in sorted(missing_keys & extra_keys)]
-    out += [f"{name}={k} missing in PostgreSQL" for k in sorted(missing_keys - extra_keys)]
-    out += [f"{name}={k} extra in PostgreSQL" for k in sorted(extra_keys - missing_keys)]
-    return out
+    def row_differences(self, chunk: Chunk) -> list[str]:
+        """Compare the range row by row (few rows): keys missing, extra or different in PostgreSQL."""
+        key_source = chunk.key_column
+        at, at_params = source.at_clause(self.run.snapshot_at)
+        where, params = chunk.snowflake_where()
+        cur = self.sf.cursor()
+        cur.execute(
+            f"SELECT {sf_ident(key_source) if key_source else 'NULL'}, "
+            f"MD5({checksum.snowflake_row_text(self.entry.columns, self.nul_replacement)}) "
+            f"FROM {self.entry.source_table}{at} WHERE {where}",
+            [*at_params, *params],
+        )
+        source_rows = collections.Counter((_key_text(chunk, k), h) for k, h in cur.fetchall())
+        pg_where, pg_params = self.pg_where(chunk)
+        key_pg = BoundIdentifier(self.entry.target_column(key_source)) if key_source else sql.SQL("NULL")
+        statement = sql.SQL("SELECT {}, md5({}) FROM {} WHERE {}").format(
+            key_pg,
+            checksum.postgres_row_text(self.entry.columns),
+            BoundIdentifier(*self.relation._obj),
+            pg_where,
+        )
+        target_rows = collections.Counter(
+            (_key_text(chunk, k), h) for k, h in self.pg.execute(statement, pg_params).fetchall()
+        )
+        self.pg.commit()
+        missing, extra = source_rows - target_rows, target_rows - source_rows
+        missing_keys, extra_keys = {k for k, _ in missing}, {k for k, _ in extra}
+        name = self.entry.target_column(key_source) if key_source else "row"
+        out = [f"{name}={k} differs" for k in sorted(missing_keys & extra_keys)]
+        out += [f"{name}={k} missing in PostgreSQL" for k in sorted(missing_keys - extra_keys)]
+        out += [f"{name}={k} extra in PostgreSQL" for k in sorted(extra_keys - missing_keys)]
+        return out
 
 
 def _key_text(chunk: Chunk, value: Any) -> str:

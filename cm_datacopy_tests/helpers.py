@@ -77,18 +77,11 @@ def sf_execute(sf: StandinSnowflake, database: str, *statements: str) -> list[An
         return result
 
 
-def write_config(
-    path: Path,
-    sf: StandinSnowflake,
-    sf_database: str,
-    pg: dict[str, Any],
-    tables: list[dict[str, Any]],
-    source: str = "analytics",
-    **overrides: Any,
-) -> Path:
-    """A one-source (or more, via ``extra_sources``) config pointing at the stand-ins."""
-    extra_sources = overrides.pop("extra_sources", {})
-    body = {
+def source_body(
+    sf: StandinSnowflake, sf_database: str, pg: dict[str, Any], tables: list[dict[str, Any]], **overrides: Any
+) -> dict[str, Any]:
+    """One source's config, pointing at the stand-ins."""
+    return {
         "snowflake": {
             "account": sf.account,
             "user": sf.user,
@@ -104,6 +97,20 @@ def write_config(
         "tables": tables,
         **overrides,
     }
+
+
+def write_config(
+    path: Path,
+    sf: StandinSnowflake,
+    sf_database: str,
+    pg: dict[str, Any],
+    tables: list[dict[str, Any]],
+    source: str = "analytics",
+    **overrides: Any,
+) -> Path:
+    """A one-source (or more, via ``extra_sources``) config pointing at the stand-ins."""
+    extra_sources = overrides.pop("extra_sources", {})
+    body = source_body(sf, sf_database, pg, tables, **overrides)
     path.write_text(yaml.safe_dump({"sources": {source: body, **extra_sources}}, sort_keys=False))
     return path
 

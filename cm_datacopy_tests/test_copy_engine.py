@@ -302,41 +302,6 @@ def test_a_second_concurrent_run_of_one_source_is_refused(snowflake_server, sf_d
     assert cli(config_path, "run", "analytics").returncode == 0
 
 
-def test_two_sources_run_in_parallel(snowflake_server, sf_db, pg_db, config_path):
-    _events_table(snowflake_server, sf_db, 6_000)
-    write_config(
-        config_path,
-        snowflake_server,
-        sf_db,
-        pg_db,
-        [{"source": "EVENTS", "target_schema": "first", "chunk_key": "ID", "chunk_size": 1000}],
-        source="analytics",
-        extra_sources={
-            "conflict": {
-                "snowflake": {
-                    "account": snowflake_server.account,
-                    "user": snowflake_server.user,
-                    "password_env": "CM_DATACOPY_TEST_SNOWFLAKE_PASSWORD",
-                    "database": sf_db,
-                    "host": snowflake_server.host,
-                    "port": snowflake_server.port,
-                    "protocol": "http",
-                },
-                "postgres": {k: pg_db[k] for k in ("host", "port", "dbname", "user")},
-                "tables": [
-                    {"source": "EVENTS", "target_schema": "second", "chunk_key": "CREATED_AT", "chunk_size": 1500}
-                ],
-            }
-        },
-    )
-    procs = [cli_popen(config_path, "run", name) for name in ("analytics", "conflict")]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert pg_rows(pg_db, "SELECT (SELECT count(*) FROM first.events), (SELECT count(*) FROM second.events)") == [
-        (6_000, 6_000)
-    ]
-
-
 def test_copy_chunk_is_idempotent(snowflake_server, sf_db, pg_db, config_path):
     """Calling the core function again for a done chunk changes nothing."""
     _events_table(snowflake_server, sf_db, 2_000)
@@ -412,4 +377,4 @@ def test_an_existing_target_that_does_not_fit_is_an_error(
     result = cli(config_path, "run", "analytics")
     assert result.returncode == 2
     assert message in result.stderr.replace("\n", " ")
-    assert pg_rows(pg_db, "SELECT count(*) FROM migration_status.migration_runs") == [(0,)]
+    assert pg_rows(pg_db, "SELECT to_regclass('migration_status.migration_runs')") == [(None,)], "nothing written"

@@ -1,0 +1,1 @@
+"""Fault injection for cm_datacopy: ``python -m cm_datacopy_tests.faults --trials 50``."""
