@@ -1,15 +1,17 @@
-"""Copy one chunk: the unit of work every caller runs (CLI, Dagster assets, Lambda, ECS).
+"""Copy one chunk: the unit of work every caller runs (the CLI's runner, the Dagster assets).
 
 Follow a row from Snowflake to PostgreSQL in ``copy_chunk`` below:
 
-1. the ledger says which rows the chunk holds (its key range), which columns, and where they load;
+1. the ledger says which rows the chunk holds (its key range), which columns, and where they load,
+   so a worker needs only the config and (run, table, chunk);
 2. a new attempt number is claimed (committed at once) — it fences off older attempts;
-3. Snowflake runs the chunk's SELECT; its result streams as Arrow record batches;
+3. Snowflake runs the chunk's SELECT; its result streams as Arrow record batches, while a second
+   Snowflake session computes the chunk's checksum;
 4. one PostgreSQL transaction: lock the chunk's ledger row, check the attempt is still the newest
    and the chunk not done, delete the target rows of the chunk's range (in place; a publish-mode
-   shadow never holds rows of an unfinished chunk), COPY the Arrow batches in
-   (encoded to CSV by Arrow's C++ writer, no per-row Python), mark the chunk done with its row
-   count, commit.
+   shadow never holds rows of an unfinished chunk), COPY the Arrow batches in (encoded to CSV by
+   Arrow's C++ writer, no per-row Python), compare PostgreSQL's checksum of the range with
+   Snowflake's, mark the chunk done with its rows and both checksums, commit.
 
 A process killed at any instant leaves either the old rows and an open chunk, or the new rows and
 a done chunk. A worker frozen inside step 4 cannot block the next attempt for long: PostgreSQL

@@ -105,6 +105,7 @@ _PG_CHECKSUM = (
 class TrialResult:
     index: int
     kind: str
+    mode: str = ""  # the tables' write mode: publish or in_place
     detail: str = ""
     landed: bool = False  # the fault hit while the first run was still copying
     resumes: int = 0
@@ -137,7 +138,11 @@ class Summary:
 
     def details(self) -> str:
         landed = sum(r.landed for r in self.results)
-        return f"faults that landed mid-copy: {landed}/{len(self.results)}; problems: {len(self.problems)}"
+        modes = ", ".join(f"{k}: {n}" for k, n in sorted(collections.Counter(r.mode for r in self.results).items()))
+        return (
+            f"faults that landed mid-copy: {landed}/{len(self.results)}; write modes: {{{modes}}}; "
+            f"problems: {len(self.problems)}"
+        )
 
 
 class Harness:
@@ -247,7 +252,7 @@ class Harness:
                     raise
                 time.sleep(0.2)
 
-    def _config(self, dbname: str, workers: int) -> Path:
+    def _config(self, dbname: str, workers: int, mode: str) -> Path:
         path = self.workdir / f"{dbname}.yaml"
         body = {
             "snowflake": {
@@ -276,6 +281,7 @@ class Harness:
                     "source": t.name,
                     "target_schema": "copy",
                     "target": t.target,
+                    "mode": mode,
                     **({"chunk_key": t.chunk_key, "chunk_size": self.chunk_size} if t.chunk_key else {}),
                 }
                 for t in self.tables
@@ -305,7 +311,7 @@ class Harness:
             summary.results.append(result)
             status = "ok" if not result.problems else "FAILED: " + "; ".join(result.problems)
             self.log(
-                f"trial {i:3d} {result.kind:<19} {result.detail:<28} landed={result.landed!s:<5} "
+                f"trial {i:3d} {result.kind:<19} {result.detail:<40} landed={result.landed!s:<5} "
                 f"resumes={result.resumes} retried={result.retried_chunks} {result.seconds:5.1f}s {status}"
             )
         return summary
@@ -316,13 +322,14 @@ class Harness:
         dbname = f"faults_{index}_{uuid.uuid4().hex[:6]}"
         self._pg("postgres", sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         workers = self.rng.choice((1, 2))
-        config = self._config(dbname, workers)
+        mode = result.mode = self.rng.choice(("publish", "in_place"))
+        config = self._config(dbname, workers, mode)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         try:
             proc = self._popen(config, logs / f"{dbname}-0.log")
             landed = self._wait_for_moment(dbname, proc, self.rng.random())
-            result.detail = f"workers={workers} " + self._inject(kind, dbname, proc)
+            result.detail = f"workers={workers} {mode} " + self._inject(kind, dbname, proc)
             result.landed = landed
             try:
                 proc.wait(timeout=240)
