@@ -15,14 +15,14 @@ demo: $(BIN)/cm-datacopy
 	$(BIN)/cm-datacopy demo
 
 test: $(BIN)/cm-datacopy
-	$(BIN)/ruff check cm_datacopy cm_datacopy_tests
+	$(BIN)/ruff check cm_datacopy cm_datacopy_tests benchmarks
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ui: $(BIN)/cm-datacopy
 	$(BIN)/cm-datacopy ui
 
 lint: $(BIN)/cm-datacopy
-	$(BIN)/ruff check cm_datacopy cm_datacopy_tests
+	$(BIN)/ruff check cm_datacopy cm_datacopy_tests benchmarks
 	$(BIN)/ruff format --check cm_datacopy cm_datacopy_tests
 
 clean:

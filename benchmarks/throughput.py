@@ -1,6 +1,6 @@
 """Copy throughput and verification cost, side by side with ceilings measured in the same run.
 
-    .venv/bin/python benchmarks/throughput.py [--rows 500000] [--chunk-size 50000]
+    .venv/bin/python -m benchmarks.throughput [--rows 1000000] [--chunk-size 100000]
 
 Ceilings: reading the same chunks from the Snowflake stand-in into Arrow (nothing written), and
 COPYing the same Arrow batches into PostgreSQL with the same encoder (nothing read). cm_datacopy
@@ -24,15 +24,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cm_datacopy import ledger, source  # noqa: E402
-from cm_datacopy.config import load_config  # noqa: E402
-from cm_datacopy.copy import NulPolicy, _copy_batches  # noqa: E402
-from cm_datacopy.runner import run_source  # noqa: E402
-from cm_datacopy.standin import snowflake as standin  # noqa: E402
-from cm_datacopy.verify import verify_run  # noqa: E402
-from cm_datacopy_tests.helpers import (  # noqa: E402
+from cm_datacopy import ledger, source
+from cm_datacopy.config import load_config
+from cm_datacopy.copy import NulPolicy, _copy_batches
+from cm_datacopy.runner import run_source
+from cm_datacopy.standin import snowflake as standin
+from cm_datacopy.verify import verify_run
+from cm_datacopy_tests.helpers import (
     SNOWFLAKE_PASSWORD_ENV,
     fresh_pg_database,
     new_sf_database,
@@ -63,7 +61,9 @@ def main() -> None:
     with standin.running(password, work) as sf, fresh_pg_database("cmdc_bench") as pg:
         sf_db = new_sf_database(sf, "BENCH")
         sf_execute(
-            sf, sf_db, "USE SCHEMA PUBLIC",
+            sf,
+            sf_db,
+            "USE SCHEMA PUBLIC",
             f"""CREATE TABLE EVENTS AS SELECT seq8()::NUMBER(38,0) AS ID, (seq8() % 1000)::NUMBER(9,0) AS USER_ID,
                 'event ' || seq8() || ' Zoë 🚀' AS NAME, (seq8() / 7)::NUMBER(18,4) AS AMOUNT, seq8() / 3.0 AS RATIO,
                 DATEADD(second, seq8(), '2024-01-01 00:00:00 +00:00'::TIMESTAMP_TZ) AS CREATED_AT,
@@ -72,9 +72,19 @@ def main() -> None:
         results: dict[str, tuple[float, str]] = {}
         for verify in (False, True):
             config = write_config(
-                work / f"bench-{verify}.yaml", sf, sf_db, pg,
-                [{"source": "EVENTS", "target_schema": f"bench_{str(verify).lower()}", "chunk_key": "ID",
-                  "chunk_size": args.chunk_size, "mode": "in_place"}],
+                work / f"bench-{verify}.yaml",
+                sf,
+                sf_db,
+                pg,
+                [
+                    {
+                        "source": "EVENTS",
+                        "target_schema": f"bench_{str(verify).lower()}",
+                        "chunk_key": "ID",
+                        "chunk_size": args.chunk_size,
+                        "mode": "in_place",
+                    }
+                ],
                 verify=verify,
             )
             cfg = load_config(config).source("analytics")
