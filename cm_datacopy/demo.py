@@ -26,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
+from cm_datacopy import ledger
 from cm_datacopy import source as source_mod
 from cm_datacopy.config import SourceConfig, load_config
 from cm_datacopy.standin import snowflake as standin_snowflake
@@ -64,11 +65,6 @@ def _done_chunks(pg: psycopg.Connection[Any], source: str) -> int:
         (source,),
     ).fetchone()
     return int(row[0]) if row else 0
-
-
-def _ledger_ready(pg: psycopg.Connection[Any]) -> bool:
-    row = pg.execute("SELECT to_regclass('migration_status.migration_chunk_status') IS NOT NULL").fetchone()
-    return bool(row and row[0])
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def _kill_mid_way(proc: subprocess.Popen[str], pg_kwargs: dict[str, Any], source
     """SIGKILL the run once a few of its chunks are committed; returns how many were."""
     with psycopg.connect(**pg_kwargs, autocommit=True) as pg:
         while proc.poll() is None:
-            if _ledger_ready(pg) and (done := _done_chunks(pg, source)) >= 3:
+            if ledger.exists(pg) and (done := _done_chunks(pg, source)) >= 3:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return done

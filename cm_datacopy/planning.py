@@ -111,9 +111,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     """The seed's rules: resume the newest unfinished run younger than ``resume_max_age_hours``,
     unless ``no_resume``; otherwise plan and store a new run. The caller holds the source lock."""
     # The ledger is created only once the plan holds: a config or plan error writes nothing.
-    row = pg.execute("SELECT to_regclass('migration_status.schema_version') IS NOT NULL").fetchone()
-    has_ledger = bool(row and row[0])
-    pg.commit()
+    has_ledger = ledger.exists(pg)
     if has_ledger:
         ledger.ensure_schema(pg)
     no_resume = cfg.no_resume if no_resume is None else no_resume

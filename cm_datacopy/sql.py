@@ -16,10 +16,6 @@ def sf_table(database: str, schema: str, table: str) -> str:
     return ".".join(sf_ident(part) for part in (database, schema, table))
 
 
-def pg_table(schema: str, table: str) -> sql.Identifier:
-    return sql.Identifier(schema, table)
-
-
 class BoundIdentifier(sql.Identifier):
     """A PostgreSQL identifier in a statement executed *with* parameters.
 

@@ -175,15 +175,12 @@ def _kill_inside_a_chunk_transaction(proc: Any, pg_db: dict[str, Any], timeout: 
                 "AND query ILIKE 'COPY%%'"
             ).fetchone()
             done = (
-                watcher.execute(
+                ledger.exists(watcher)
+                and watcher.execute(
                     "SELECT count(*) FROM migration_status.migration_chunk_status WHERE status = 'done'"
-                ).fetchone()
-                if watcher.execute(
-                    "SELECT to_regclass('migration_status.migration_chunk_status') IS NOT NULL"
                 ).fetchone()[0]
-                else (0,)
             )
-            if row[0] and done[0] >= 2:
+            if row[0] and done >= 2:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return
