@@ -24,12 +24,14 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from cm_datacopy import ledger, source
 from cm_datacopy.config import load_config
-from cm_datacopy.copy import NulPolicy, _copy_batches
-from cm_datacopy.runner import run_source
+from cm_datacopy.postgres.encoder import CsvEncoder, copy_batches
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.run.runner import run_source
+from cm_datacopy.run.verify import verify_run
+from cm_datacopy.snowflake import session as sf_session
+from cm_datacopy.snowflake.scan import Scan, read_batches
 from cm_datacopy.standin import snowflake as standin
-from cm_datacopy.verify import verify_run
 from cm_datacopy_tests.helpers import (
     SNOWFLAKE_PASSWORD_ENV,
     fresh_pg_database,
@@ -97,20 +99,21 @@ def main() -> None:
         results["verify: re-checksum a finished run, both sides"] = (time.perf_counter() - t, "")
 
         with psycopg.connect(**pg) as conn:
+            ledger = Ledger()
             run = ledger.latest_run(conn, "analytics")
             assert run is not None
             entry = ledger.table_entries(conn, run.run_id)[0]
             chunks = ledger.chunks(conn, run.run_id)
         batches = []
         t = time.perf_counter()
-        with source.connect(cfg.snowflake) as sfc:
+        with sf_session.connect(cfg.snowflake) as sfc:
             for chunk in chunks:
-                batches += list(source.read_chunk(sfc, entry.source_table, entry.columns, chunk, None))
+                batches += list(read_batches(sfc, Scan(entry.source_table, None, chunk), entry.columns))
         results["ceiling: read the chunks from Snowflake (Arrow)"] = (time.perf_counter() - t, "")
         with psycopg.connect(**pg) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE ceiling (LIKE bench_true.events)")
             t = time.perf_counter()
-            _copy_batches(cur, sql.Identifier("ceiling"), entry.columns, batches, NulPolicy(None, None, None))
+            copy_batches(cur, sql.Identifier("ceiling"), CsvEncoder(entry.columns), batches)
             conn.commit()
             results["ceiling: COPY the same batches into PostgreSQL"] = (time.perf_counter() - t, "")
 

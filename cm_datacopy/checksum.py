@@ -15,21 +15,22 @@ Canonical forms (the same on both sides by construction, checked by the tests on
 - VARIANT/OBJECT/ARRAY/GEOGRAPHY/GEOMETRY: NULL-ness only (jsonb normalises key order and spacing, so their
   text cannot match; their values are checked by the type fidelity tests).
 
-Real Snowflake turns hex into a number with ``TO_NUMBER(h, 'XXX…')``; the stand-in only knows
-``('0x' || h)::NUMBER``. Which one a connection speaks is probed once.
+Real Snowflake turns hex into a number with ``TO_NUMBER(h, 'XXX…')``; the stand-in (DuckDB) only
+knows ``('0x' || h)::NUMBER``: which one is used depends on what the server is (``Session.dialect``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from cm_datacopy.chunks import Chunk
-from cm_datacopy.sql import BoundIdentifier, sf_ident
+from cm_datacopy.postgres.sql import BoundIdentifier
+from cm_datacopy.snowflake.scan import Scan
+from cm_datacopy.snowflake.session import Session
+from cm_datacopy.snowflake.sql import sf_ident, sf_string
 from cm_datacopy.typeplan import ColumnPlan
 
 _INT_TYPES = {"smallint", "integer", "bigint"}
@@ -74,12 +75,8 @@ def _sf_text(col: ColumnPlan, nul_replacement: str | None) -> str:
     if pg in ("jsonb", "geography", "geometry"):
         return "'j'"
     if nul_replacement is not None:
-        return f"REPLACE({c}, CHR(0), {_sf_string(nul_replacement)})"
+        return f"REPLACE({c}, CHR(0), {sf_string(nul_replacement)})"
     return c
-
-
-def _sf_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _pg_text(col: ColumnPlan) -> sql.Composable:
@@ -126,47 +123,27 @@ def postgres_row_text(columns: list[ColumnPlan]) -> sql.Composable:
     return sql.SQL(" || '|' || ").join(parts)
 
 
-def _hex_to_number(conn: Any) -> str:
-    """The expression turning 15 hex digits ``{h}`` into a number, for this Snowflake connection."""
-    cached = getattr(conn, "_cm_datacopy_hex", None)
-    if cached is None:
-        try:
-            conn.cursor().execute("SELECT TO_NUMBER('ff', 'XX')")
-            cached = "TO_NUMBER({h}, '" + "X" * _HEX_DIGITS + "')"
-        except Exception:
-            cached = "('0x' || {h})::NUMBER(38,0)"
-        conn._cm_datacopy_hex = cached
-    return cached
+HEX_TO_NUMBER = {
+    "snowflake": "TO_NUMBER({h}, '" + "X" * _HEX_DIGITS + "')",
+    "standin": "('0x' || {h})::NUMBER(38,0)",
+}
 
 
 def snowflake_checksum_sql(
-    ref: str,
-    columns: list[ColumnPlan],
-    chunk: Chunk,
-    snapshot_at: dt.datetime | None,
-    hex_to_number: str = "TO_NUMBER({h}, '" + "X" * _HEX_DIGITS + "')",
-    nul_replacement: str | None = None,
+    scan: Scan, columns: list[ColumnPlan], dialect: str = "snowflake", nul_replacement: str | None = None
 ) -> tuple[str, list[Any]]:
-    from cm_datacopy.source import at_clause
-
-    at, at_params = at_clause(snapshot_at)
-    where, params = chunk.snowflake_where()
-    number = hex_to_number.format(h=f"SUBSTR(MD5({snowflake_row_text(columns, nul_replacement)}), 1, {_HEX_DIGITS})")
-    return f"SELECT COUNT(*), COALESCE(SUM({number}), 0) FROM {ref}{at} WHERE {where}", [*at_params, *params]
+    from_where, params = scan.from_where()
+    number = HEX_TO_NUMBER[dialect].format(
+        h=f"SUBSTR(MD5({snowflake_row_text(columns, nul_replacement)}), 1, {_HEX_DIGITS})"
+    )
+    return f"SELECT COUNT(*), COALESCE(SUM({number}), 0) {from_where}", params
 
 
 def snowflake_checksum(
-    conn: Any,
-    ref: str,
-    columns: list[ColumnPlan],
-    chunk: Chunk,
-    snapshot_at: dt.datetime | None,
-    nul_replacement: str | None = None,
+    session: Session, scan: Scan, columns: list[ColumnPlan], nul_replacement: str | None = None
 ) -> Checksum:
-    statement, params = snowflake_checksum_sql(ref, columns, chunk, snapshot_at, _hex_to_number(conn), nul_replacement)
-    cur = conn.cursor()
-    cur.execute(statement, params)
-    rows, total = cur.fetchone()
+    statement, params = snowflake_checksum_sql(scan, columns, session.dialect, nul_replacement)
+    rows, total = session.execute(statement, params).fetchone()
     return Checksum(int(rows), int(total))
 
 

@@ -64,6 +64,12 @@ class SnowflakeConfig(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
     protocol: Literal["https", "http"] = "https"
     login_timeout_seconds: int = Field(default=30, ge=1)
+    query_timeout_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="longest a single Snowflake statement may run (queue time and warehouse resume count); "
+        "the client's cancel and the session's STATEMENT_TIMEOUT_IN_SECONDS",
+    )
     time_travel: bool = Field(default=True, description="read every chunk AT the run's start time")
 
     _names = field_validator("password_env", "private_key_file_env", "private_key_passphrase_env")(
@@ -79,15 +85,16 @@ class SnowflakeConfig(_Strict):
         return self
 
     def connect_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``snowflake.connector.connect``; reads the secrets from the environment now."""
+        """Arguments for ``snowflake.connector.connect``; reads the secrets from the environment now.
+
+        No ``network_timeout``: the connector would cancel every query after it. Session parameters
+        and the per-query timeout are set by ``cm_datacopy.snowflake.session``."""
         kwargs: dict[str, Any] = {
             "account": self.account,
             "user": self.user,
             "database": self.database,
             "schema": self.schema_,
             "login_timeout": self.login_timeout_seconds,
-            "network_timeout": max(self.login_timeout_seconds, 60),
-            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False, "TIMEZONE": "UTC"},
             "application": "cm_datacopy",
             "paramstyle": "qmark",  # server-side binding: identifiers may hold % safely
         }
@@ -122,6 +129,11 @@ class PostgresConfig(_Strict):
     password_env: EnvName | None = None
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     connect_timeout_seconds: int = Field(default=10, ge=1)
+    ledger_schema: str = Field(
+        default="migration_status",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="schema of the ledger; another name lets cm_datacopy live beside the old system's tables",
+    )
 
     _names = field_validator("password_env")(classmethod(lambda cls, v: _check_env_name(v)))
 
@@ -195,6 +207,11 @@ class SourceConfig(_Strict):
         default=900, ge=5, description="a chunk's transaction is cut by PostgreSQL after this long"
     )
     lock_timeout_seconds: int = Field(default=30, ge=1)
+    stale_lock_seconds: int = Field(
+        default=60,
+        ge=5,
+        description="a run whose process stops answering (frozen, paused) loses the source's lock after this long",
+    )
     workers: int = Field(default=1, ge=1, le=64, description="chunks copied at once within this source")
     verify: bool = Field(default=True, description="checksum every chunk on both sides inside its transaction")
     nul_bytes: Literal["fail", "replace"] = Field(
@@ -221,7 +238,8 @@ class SourceConfig(_Strict):
         """What decides which rows land where; a run is resumed only under the same fingerprint."""
         material = {
             "snowflake": {"account": self.snowflake.account, "database": self.snowflake.database},
-            "tables": [t.model_dump() for t in self.tables],
+            # publish_min_fraction guards the swap, it does not decide rows: changing it keeps the run.
+            "tables": [t.model_dump(exclude={"publish_min_fraction"}) for t in self.tables],
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -241,6 +259,7 @@ _DEFAULTABLE = {
     "max_resume_attempts",
     "chunk_timeout_seconds",
     "lock_timeout_seconds",
+    "stale_lock_seconds",
     "workers",
     "postgres",
 }

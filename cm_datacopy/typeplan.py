@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from cm_datacopy.errors import PlanError
-from cm_datacopy.sql import sf_ident
 
 # PostgreSQL's varchar limit; longer Snowflake VARCHARs (the default is 16,777,216) become text.
 _PG_VARCHAR_MAX = 10_485_760
@@ -43,14 +42,6 @@ class ColumnPlan:
             "TIMESTAMP_TZ": "timestamptz",
             "TIMESTAMP_LTZ": "timestamptz",
         }.get(base)
-
-    def select_sql(self) -> str:
-        """How Snowflake must return the column so PostgreSQL can take it as text."""
-        col = sf_ident(self.source_name)
-        if self.snowflake_type in ("GEOGRAPHY", "GEOMETRY"):
-            # PostGIS parses EWKT ('SRID=4326;POINT(…)'); jsonb takes GeoJSON.
-            return f"ST_ASGEOJSON({col})" if self.pg_type == "jsonb" else f"ST_ASEWKT({col})"
-        return col
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from cm_datacopy.config import Config, load_config
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.standin.snowflake import StandinSnowflake
 
 PG_ENV = "CM_DATACOPY_TEST_POSTGRES"

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import yaml
 
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, cli, pg_rows, sf_execute, write_config
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from cm_datacopy.copy import copy_chunk
-from cm_datacopy.lock import SourceLock
+from cm_datacopy.chunk import ChunkTask, copy_chunk
+from cm_datacopy.chunk.task import worker_name
+from cm_datacopy.postgres.lock import SourceLock
 from cm_datacopy_tests.helpers import cli, cli_popen, load, pg_rows, sf_execute, source_body, write_config
 
 ROWS = 40_000
@@ -139,7 +140,7 @@ def test_resume_races_a_frozen_worker(snowflake_server, sf_db, pg_db, config_pat
 
         def resume() -> None:
             try:
-                outcome["result"] = copy_chunk(cfg, run_id, table_key, index, worker="new-worker")
+                outcome["result"] = copy_chunk(cfg, ChunkTask("analytics", run_id, table_key, index))
             except Exception as exc:
                 outcome["error"] = exc
 
@@ -159,7 +160,7 @@ def test_resume_races_a_frozen_worker(snowflake_server, sf_db, pg_db, config_pat
             "WHERE run_id = %s AND table_key = %s AND chunk_index = %s",
             (run_id, table_key, index),
         )
-        assert resumed == [("done", old_attempt + 1, "new-worker", result.rows)]
+        assert resumed == [("done", old_attempt + 1, worker_name(), result.rows)]
         versions = pg_rows(pg_db, "SELECT body, xmin::text FROM copy.events")
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -185,14 +186,15 @@ def test_a_frozen_process_loses_the_source_lock_after_idle_session_timeout(sf_db
     """The source lock's session ends when its process stops answering (idle_session_timeout), so a
     frozen runner does not block the source for ever; while it answers, the heartbeat keeps it."""
     _events(snowflake_server, sf_db, 10)
-    write_config(config_path, snowflake_server, sf_db, pg_db, [_table()])
+    write_config(config_path, snowflake_server, sf_db, pg_db, [_table()], stale_lock_seconds=5)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from cm_datacopy.config import load_config; from cm_datacopy.lock import SourceLock\n"
+            "import sys, time; from cm_datacopy.config import load_config\n"
+            "from cm_datacopy.postgres.lock import SourceLock\n"
             f"cfg = load_config({str(config_path)!r}).source('analytics')\n"
-            "with SourceLock(cfg, idle_seconds=3) as lock:\n"
+            "with SourceLock(cfg) as lock:\n"
             "    print('locked', flush=True)\n"
             "    time.sleep(8)\n"
             "    print('lost' if lock.lost.is_set() else 'kept', flush=True)\n"

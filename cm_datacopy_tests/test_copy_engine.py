@@ -13,10 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from cm_datacopy import ledger
-from cm_datacopy.copy import copy_chunk
-from cm_datacopy.lock import SourceLock
-from cm_datacopy.runner import run_source
+from cm_datacopy.chunk import ChunkTask, copy_chunk
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.postgres.lock import SourceLock
+from cm_datacopy.run.resume import start_or_resume
+from cm_datacopy.run.runner import run_source
 from cm_datacopy_tests.helpers import (
     cli,
     cli_popen,
@@ -175,7 +176,7 @@ def _kill_inside_a_chunk_transaction(proc: Any, pg_db: dict[str, Any], timeout: 
                 "AND query ILIKE 'COPY%%'"
             ).fetchone()
             done = (
-                ledger.exists(watcher)
+                Ledger().exists(watcher)
                 and watcher.execute(
                     "SELECT count(*) FROM migration_status.migration_chunk_status WHERE status = 'done'"
                 ).fetchone()[0]
@@ -250,9 +251,9 @@ def test_no_resume_starts_a_new_run(snowflake_server, sf_db, pg_db, config_path)
     old = _interrupted_run(snowflake_server, sf_db, pg_db, config_path)
     result = cli(config_path, "run", "analytics", "--no-resume")
     assert result.returncode == 0, result.stderr
-    assert "starting a new run (no_resume)" in result.stdout
+    assert f"starting a new run (no_resume); run {old} is closed as superseded" in result.stdout
     runs = dict(pg_rows(pg_db, "SELECT run_id, status FROM migration_status.migration_runs"))
-    assert len(runs) == 2 and runs[old] == "running"
+    assert len(runs) == 2 and runs[old] == "superseded"
     _assert_target_equals_source(pg_db, 30_000)
 
 
@@ -265,7 +266,7 @@ def test_run_older_than_resume_max_age_is_not_resumed(snowflake_server, sf_db, p
         )
     result = cli(config_path, "run", "analytics")
     assert result.returncode == 0, result.stderr
-    assert f"run {old} is older than resume_max_age (12 h)" in result.stdout
+    assert f"run {old} started 13.0 h ago, older than resume_max_age (12 h)" in result.stdout
     new = pg_rows(
         pg_db, "SELECT run_id, resume_attempt_count FROM migration_status.migration_runs WHERE run_id <> %s", (old,)
     )
@@ -305,14 +306,16 @@ def test_copy_chunk_is_idempotent(snowflake_server, sf_db, pg_db, config_path):
     _events_config(config_path, snowflake_server, sf_db, pg_db, chunk_size=1000)
     cfg = load(config_path).source("analytics")
     with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-        from cm_datacopy.planning import start_or_resume
-
         run = start_or_resume(cfg, pg)
-        chunk = ledger.chunks(pg, run.run_id)[1]
-    first = copy_chunk(cfg, run.run_id, chunk.table_key, chunk.index)
+        chunk = Ledger().chunks(pg, run.run_id)[1]
+    task = ChunkTask(cfg.name, run.run_id, chunk.table_key, chunk.index)
+    first = copy_chunk(cfg, task)
     assert first.outcome == "copied" and first.rows > 900 and first.attempt == 1
-    again = copy_chunk(cfg, run.run_id, chunk.table_key, chunk.index)
+    again = copy_chunk(cfg, task)
     assert again.outcome == "already_done"
+    # A done chunk reports the ledger's figures of the attempt that copied it, never zeros.
+    assert (again.rows, again.attempt, again.source_checksum) == (first.rows, 1, first.source_checksum)
+    assert again.verified
     assert pg_rows(pg_db, "SELECT count(*) FROM copy.events") == [(first.rows,)]
     outcome = run_source(cfg)
     assert outcome.start.resumed and outcome.status == "completed" and outcome.chunks_copied == 1

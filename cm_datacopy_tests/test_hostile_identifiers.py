@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy_tests.helpers import cli, pg_rows, sf_execute, write_config
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE x;--%s?ü'

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from cm_datacopy.chunks import plan_chunks
+from cm_datacopy.chunk.nul import NulByteError, NulPolicy
 from cm_datacopy.config import load_config
-from cm_datacopy.copy import NulByteError, NulPolicy
-from cm_datacopy.source import select_chunk_sql
+from cm_datacopy.ranges import plan_chunks
+from cm_datacopy.snowflake.scan import Scan, select_expr
 from cm_datacopy.typeplan import ColumnPlan, plan_columns
 from cm_datacopy_tests.helpers import cli, pg_rows, sf_execute, write_config
 
@@ -65,18 +65,22 @@ def test_a_nul_byte_met_while_copying_fails_the_chunk_naming_the_row():
     """Rows written after the plan's profile still meet the policy, inside the copy."""
     batch = pa.record_batch([pa.array([5, 6, 7]), pa.array(["ok", "b\x00ad", None])], names=["ID", "BODY"])
     body = ColumnPlan("BODY", "body", "VARCHAR(16777216)", "text", True)
+    key = ColumnPlan("ID", "id", "NUMBER(38,0)", "numeric(38,0)", True)
     with pytest.raises(NulByteError, match="column 'BODY' of the row with ID = 6 holds a NUL byte"):
-        NulPolicy(None, 0, "ID").apply(batch, 1, body, batch.column(1))
-    policy = NulPolicy("\ufffd", 0, "ID")
-    assert policy.apply(batch, 1, body, batch.column(1)).to_pylist() == ["ok", "b\ufffdad", None]
+        NulPolicy([key, body], None, 0, "ID").apply(batch)
+    policy = NulPolicy([key, body], "\ufffd", 0, "ID")
+    assert policy.apply(batch).column(1).to_pylist() == ["ok", "b\ufffdad", None]
     assert policy.replaced == 1
+    twice = pa.record_batch([pa.array([8]), pa.array(["\x00a\x00"])], names=["ID", "BODY"])
+    assert policy.apply(twice).column(1).to_pylist() == ["\ufffda\ufffd"]
+    assert policy.replaced == 3  # NUL bytes are counted, not the values holding them
 
 
 def test_time_travel_sql_reads_every_chunk_at_the_run_start():
     columns = [ColumnPlan("ID", "id", "NUMBER(38,0)", "numeric(38,0)", True)]
     chunk = plan_chunks("s.t", "ID", "int", [100])[1]
     at = dt.datetime(2026, 11, 26, 8, 30, tzinfo=dt.UTC)
-    statement, params = select_chunk_sql('"DB"."PUBLIC"."T"', columns, chunk, at)
+    statement, params = Scan('"DB"."PUBLIC"."T"', at, chunk).select_sql(columns)
     assert statement == ('SELECT "ID" FROM "DB"."PUBLIC"."T" AT(TIMESTAMP => CAST(? AS TIMESTAMP_TZ)) WHERE "ID" >= ?')
     assert params == ["2026-11-26 08:30:00+00:00", 100]
 
@@ -91,7 +95,7 @@ def test_the_stand_in_lacks_time_travel_so_the_run_reads_live_and_says_so(snowfl
     write_config(config_path, snowflake_server, sf_db, pg_db, [{"source": "T", "target_schema": "copy"}])
     result = cli(config_path, "run", "analytics")
     assert result.returncode == 0
-    assert "Time Travel unavailable" in result.stderr and "chunks read the live table" in result.stderr
+    assert "has no Time Travel" in result.stderr and "chunks read the live tables" in result.stderr
     assert pg_rows(pg_db, "SELECT snapshot_at FROM migration_status.migration_runs") == [(None,)]
     raw = yaml.safe_load(config_path.read_text())
     raw["sources"]["analytics"]["snowflake"]["time_travel"] = False
@@ -111,8 +115,8 @@ def test_the_stand_in_lacks_time_travel_so_the_run_reads_live_and_says_so(snowfl
 def test_spatial_columns_sql(postgis, pg_type, select):
     """The stand-in has no GEOGRAPHY: check the plan and the SQL we generate for real Snowflake."""
     (col,) = plan_columns([("SHAPE", "GEOGRAPHY", None, None, None, "YES")], postgis=postgis)
-    assert col.pg_type == pg_type and col.select_sql() == select
-    statement, _ = select_chunk_sql('"DB"."PUBLIC"."T"', [col], plan_chunks("s.t", None, None, [])[0], None)
+    assert col.pg_type == pg_type and select_expr(col) == select
+    statement, _ = Scan('"DB"."PUBLIC"."T"', None, plan_chunks("s.t", None, None, [])[0]).select_sql([col])
     assert statement == f'SELECT {select} FROM "DB"."PUBLIC"."T" WHERE TRUE'
     (geom,) = plan_columns([("G", "GEOMETRY", None, None, None, "YES")], postgis=postgis)
     assert geom.pg_type == ("geometry" if postgis else "jsonb")

@@ -93,18 +93,25 @@ def test_guard_refuses_to_replace_a_table_with_far_fewer_rows(snowflake_server, 
     status = cli(config_path, "status", "analytics")
     assert "failed" in status.stdout
 
+    assert "lower publish_min_fraction for this table and run again" in result.stdout
+    assert "--no-resume" not in result.stdout, "a reload would be refused the same way: never advise it"
+
+    # An empty source never empties the target, whatever the fraction.
     sf_execute(snowflake_server, sf_db, "USE SCHEMA PUBLIC", "DELETE FROM EVENTS")
     _config(config_path, snowflake_server, sf_db, pg_db, publish_min_fraction=0.0)
-    result = cli(config_path, "run", "analytics")
-    assert result.returncode == 1 and "with 0 (below publish_min_fraction 0)" in result.stdout
+    empty = cli(config_path, "run", "analytics", "--no-resume")
+    assert empty.returncode == 1 and "with 0 (below publish_min_fraction 0)" in empty.stdout
     assert _snapshot(pg_db) == before, "an empty source never empties the target in publish mode"
 
+    # The advice works: with the shrunk source back and the fraction lowered on purpose, the run
+    # resumes and only publishes (the fraction does not restart the copy).
     _events(snowflake_server, sf_db, 1_000, "shrunk")
+    _config(config_path, snowflake_server, sf_db, pg_db)
+    assert cli(config_path, "run", "analytics", "--no-resume").returncode == 1  # 1000 < 0.5 × 5000 again
+    _config(config_path, snowflake_server, sf_db, pg_db, publish_min_fraction=0.1)
     resumed = cli(config_path, "run", "analytics")
-    assert resumed.returncode == 1, "a resume keeps the refused run's (empty) chunks, so it is refused again"
-    assert "run again with --no-resume to reload it" in resumed.stdout
-    fresh = cli(config_path, "run", "analytics", "--no-resume")
-    assert fresh.returncode == 0, "a lower fraction, set on purpose, lets a reload through"
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming run" in resumed.stdout and "published copy.events: 1,000 rows" in resumed.stdout
     assert _snapshot(pg_db)[0][0] == 1_000
 
 

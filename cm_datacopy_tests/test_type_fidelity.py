@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from cm_datacopy.copy import NulPolicy, _copy_batches
+from cm_datacopy.postgres.encoder import CsvEncoder, copy_batches
 from cm_datacopy.typeplan import ColumnPlan, map_type
 from cm_datacopy_tests.helpers import REPO, cli, pg_rows, sf_connect, sf_execute, write_config
 
@@ -225,7 +225,7 @@ def test_number_38_0_beyond_int64_through_arrow_and_copy(pg_db):
     ]
     with psycopg.connect(**pg_db) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE big (id integer, val numeric(38,0))")
-        rows, _ = _copy_batches(cur, sql.Identifier("big"), columns, [batch], NulPolicy(None, 0, "ID"))
+        rows, _ = copy_batches(cur, sql.Identifier("big"), CsvEncoder(columns), [batch])
         assert rows == 3
         cur.execute("SELECT val FROM big ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == values

@@ -10,15 +10,14 @@ from typing import Any
 import dagster as dg
 import psycopg
 
+from cm_datacopy.chunk import ChunkTask, copy_chunk
 from cm_datacopy.config import SourceConfig, TableConfig
-from cm_datacopy.copy import copy_chunk
 from cm_datacopy.dagster_defs import partitions
-from cm_datacopy.dagster_defs.publish import finish_if_complete
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.errors import ChunkError, DatacopyError
+from cm_datacopy.errors import DatacopyError
+from cm_datacopy.postgres.ledger import Ledger
 
 SOURCE_TAG = "cm_datacopy/source"
-TABLE_TAG = "cm_datacopy/table"
 
 
 def pool_name(source: str) -> str:
@@ -44,14 +43,13 @@ def table_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinition:
         with psycopg.connect(**source_cfg.postgres.connect_kwargs()) as pg:
             run, index = partitions.resolve(pg, source_cfg, context.partition_key)
         context.log.info(f"copying {table_key} chunk {index:05d} of migration run {run.run_id}")
-        try:
-            result = copy_chunk(source_cfg, run.run_id, table_key, index)
-        except ChunkError as exc:
+        result = copy_chunk(source_cfg, ChunkTask(source_name, run.run_id, table_key, index))
+        if result.outcome == "failed":
             raise dg.Failure(
-                description=str(exc),
-                metadata={"migration_run_id": run.run_id, "chunk_index": index},
-                allow_retries=True,
-            ) from None
+                description=f"chunk {table_key}#{index} (attempt {result.attempt}) failed: {result.error}",
+                metadata={"migration_run_id": run.run_id, "chunk_index": index, "retryable": bool(result.retryable)},
+                allow_retries=bool(result.retryable),
+            )
         if result.outcome == "superseded":
             raise dg.Failure(
                 description=f"chunk {table_key}#{index} was taken over by a newer attempt; not marking it done",
@@ -69,7 +67,7 @@ def _metadata(result: Any) -> dict[str, Any]:
         "bytes": dg.MetadataValue.int(result.bytes),
         "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
         "rows_per_second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
-        "migration_run_id": dg.MetadataValue.text(result.run_id),
+        "migration_run_id": dg.MetadataValue.text(result.task.run_id),
         "attempt": dg.MetadataValue.int(result.attempt),
         "outcome": dg.MetadataValue.text(result.outcome),
         "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
@@ -84,6 +82,6 @@ def _finish_if_complete(cfg: SourceConfig, run_id: str) -> None:
     """
     try:
         with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-            finish_if_complete(pg, run_id)
+            Ledger(cfg.postgres.ledger_schema).finish_if_complete(pg, run_id)
     except (psycopg.Error, DatacopyError):
         pass  # the chunk itself is committed; the status is derived again by the next finisher

@@ -14,7 +14,7 @@ import psycopg
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.dagster_defs import partitions
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.verify import verify_table
+from cm_datacopy.run.verify import verify_table
 
 CHECK_NAME = "rows_match_snowflake"
 

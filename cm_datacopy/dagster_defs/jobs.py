@@ -11,14 +11,14 @@ import psycopg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES, RunsFilter
 
-from cm_datacopy.check import check_source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.dagster_defs import partitions
 from cm_datacopy.dagster_defs.assets import pool_name
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
 from cm_datacopy.errors import DatacopyError
-from cm_datacopy.lock import SourceLock
-from cm_datacopy.planning import start_or_resume
+from cm_datacopy.postgres.lock import SourceLock
+from cm_datacopy.run.check import check_source
+from cm_datacopy.run.resume import start_or_resume
 
 
 class PlanConfig(dg.Config):

@@ -19,9 +19,9 @@ from typing import Any
 import dagster as dg
 import psycopg
 
-from cm_datacopy import ledger
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.errors import DatacopyError
+from cm_datacopy.postgres.ledger import Ledger, RunEntry
 
 _KEY = re.compile(r"^(?P<tag>[0-9a-f]{6})-(?P<index>\d{5,})$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
@@ -63,10 +63,10 @@ def parse_key(key: str) -> tuple[str, int]:
     return match["tag"], int(match["index"])
 
 
-def resolve(pg: psycopg.Connection[Any], cfg: SourceConfig, key: str) -> tuple[ledger.RunEntry, int]:
+def resolve(pg: psycopg.Connection[Any], cfg: SourceConfig, key: str) -> tuple[RunEntry, int]:
     """The ledger run and chunk index behind a partition key."""
     tag, index = parse_key(key)
-    run = ledger.find_run_by_suffix(pg, cfg.name, tag)
+    run = Ledger(cfg.postgres.ledger_schema).find_run_by_suffix(pg, cfg.name, tag)
     if run is None:
         raise DatacopyError(f"partition {key}: source {cfg.name!r} has no migration run with tag {tag}")
     return run, index
@@ -86,7 +86,7 @@ def register_run(
 ) -> list[Registration]:
     """Make each table's partitions exactly the chunks of ``run_id``; idempotent (a resume changes nothing)."""
     by_table: dict[str, list[str]] = {t.key: [] for t in cfg.tables}
-    for chunk in ledger.chunks(pg, run_id):
+    for chunk in Ledger(cfg.postgres.ledger_schema).chunks(pg, run_id):
         by_table.setdefault(chunk.table_key, []).append(partition_key(run_id, chunk.index))
     done = []
     for table in cfg.tables:

@@ -12,24 +12,18 @@ from collections.abc import Callable
 import dagster as dg
 import psycopg
 
-from cm_datacopy import ledger
 from cm_datacopy.config import Config, SourceConfig, TableConfig
 from cm_datacopy.dagster_defs import partitions
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
 from cm_datacopy.errors import DatacopyError
-from cm_datacopy.publish import publish_table
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.run.publish import publish_table
 
 PUBLISH_SENSOR_NAME = "cm_datacopy_publish"
 
 
 def published_asset_key(source: str, table: TableConfig) -> dg.AssetKey:
     return dg.AssetKey([*partitions.table_asset_key(source, table).path, "published"])
-
-
-def finish_if_complete(pg: psycopg.Connection, run_id: str) -> None:
-    """Mark the migration run completed once nothing is left (chunks done, tables published)."""
-    if ledger.run_is_complete(pg, run_id):
-        ledger.finish_run(pg, run_id)
 
 
 def published_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinition:
@@ -46,11 +40,12 @@ def published_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinitio
     )
     def _publish(context: dg.AssetExecutionContext, datacopy: DatacopyConfig) -> dg.MaterializeResult:
         source_cfg = datacopy.source(source_name)
+        ledger = Ledger(source_cfg.postgres.ledger_schema)
         with psycopg.connect(**source_cfg.postgres.connect_kwargs()) as pg:
             run = ledger.latest_run(pg, source_name)
             if run is None:
                 raise dg.Failure(f"no migration run of {source_name} yet: run the job plan_{source_name} first")
-            open_chunks = [c for c in ledger.chunks(pg, run.run_id, open_only=True) if c.table_key == table_key]
+            open_chunks = ledger.chunks(pg, run.run_id, table_key=table_key, open_only=True)
             if open_chunks:
                 raise dg.Failure(
                     f"{len(open_chunks)} chunks of {table_key} are not done in run {run.run_id}; nothing published"
@@ -59,7 +54,7 @@ def published_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinitio
                 result = publish_table(source_cfg, pg, run.run_id, table_key)
             except DatacopyError as exc:
                 raise dg.Failure(description=str(exc), metadata={"migration_run_id": run.run_id}) from None
-            finish_if_complete(pg, run.run_id)
+            ledger.finish_if_complete(pg, run.run_id)
         context.log.info(f"{table_key}: {'published' if result.published else 'complete in place'}")
         return dg.MaterializeResult(
             metadata={
@@ -82,13 +77,14 @@ def publish_requests(config: Config, load_source: Callable[[str], SourceConfig])
     requests = []
     for name, file_cfg in config.sources.items():
         cfg = load_source(name)
+        ledger = Ledger(cfg.postgres.ledger_schema)
         try:
             with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
                 run = ledger.latest_run(pg, name) if ledger.exists(pg) else None
-                if run is None:
+                if run is None or run.status == "superseded":
                     continue
                 open_tables = {c.table_key for c in ledger.chunks(pg, run.run_id, open_only=True)}
-                published = ledger.published_tables(pg, run.run_id)
+                published = {e.table_key for e in ledger.table_entries(pg, run.run_id) if e.published_at}
         except (psycopg.Error, DatacopyError):
             continue
         for table in file_cfg.tables:

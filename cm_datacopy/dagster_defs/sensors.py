@@ -12,7 +12,6 @@ our tables (``run.asset_selection``). It leaves alone runs that Dagster's own ru
 retry (tag ``dagster/will_retry``), so the two never double up.
 """
 
-import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
-from cm_datacopy import ledger
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.dagster_defs import partitions
 from cm_datacopy.errors import DatacopyError
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.run.resume import decide
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,6 @@ def resume_requests(
     run: dg.DagsterRun,
     targets: dict[dg.AssetKey, Target],
     load_source: Callable[[str], SourceConfig],
-    now: dt.datetime | None = None,
 ) -> dg.SensorResult | dg.SkipReason | None:
     """The decision for one failed run: run requests, a reason to do nothing, or None (not ours)."""
     ours = _our_assets(run, targets)
@@ -83,18 +82,18 @@ def resume_requests(
     if run.tags.get(WILL_RETRY_TAG) == "true":
         return dg.SkipReason(f"run {run.run_id}: Dagster's run retries will retry it; not resuming")
     attempt = int(run.tags.get(RESUME_ATTEMPT_TAG, "0") or 0)
-    now = now or dt.datetime.now(dt.UTC)
     requests: list[dg.RunRequest] = []
     reasons: list[str] = []
     for source in sorted({targets[k].source for k in ours}):
         cfg = load_source(source)
+        ledger = Ledger(cfg.postgres.ledger_schema)
         with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
             resumed_runs: set[str] = set()
             for asset_key in (k for k in ours if targets[k].source == source):
                 target = targets[asset_key]
                 registered = set(instance.get_dynamic_partitions(target.partitions_def_name))
                 for key in _partition_keys(instance, run, target.partitions_def_name):
-                    request, reason = _chunk_request(pg, cfg, run, target, key, attempt, registered, now)
+                    request, reason = _chunk_request(pg, ledger, cfg, run, target, key, attempt, registered)
                     if request is not None:
                         requests.append(request)
                         resumed_runs.add(request.tags[MIGRATION_RUN_TAG])
@@ -110,13 +109,13 @@ def resume_requests(
 
 def _chunk_request(
     pg: psycopg.Connection,
+    ledger: Ledger,
     cfg: SourceConfig,
     run: dg.DagsterRun,
     target: Target,
     key: str,
     attempt: int,
     registered: set[str],
-    now: dt.datetime,
 ) -> tuple[dg.RunRequest | None, str | None]:
     where = f"{target.table_key} chunk {key} (run {run.run_id})"
     if key not in registered:
@@ -128,21 +127,17 @@ def _chunk_request(
         return None, f"{where}: {exc}"
     if state.status == "done":
         return None, None
-    if entry.no_resume:
-        return None, f"{where}: migration run {entry.run_id} was started with no_resume; not resuming"
-    age_hours = (now - entry.started_at).total_seconds() / 3600
-    if age_hours > cfg.resume_max_age_hours:
-        return None, (
-            f"{where}: migration run {entry.run_id} started {age_hours:.1f} h ago, older than resume_max_age "
-            f"({cfg.resume_max_age_hours:g} h); plan a new run"
-        )
+    # The same rule as `cm-datacopy run`: only the source's latest run, open, young enough, same config.
+    decision = decide(cfg, ledger.latest_run(pg, cfg.name), no_resume=cfg.no_resume, automatic=True)
+    if decision.run is None or decision.run.run_id != entry.run_id:
+        return None, f"{where}: migration run {entry.run_id} is not resumed ({decision.reason}); plan a new run"
     if attempt >= cfg.max_resume_attempts:
         message = (
             f"{where}: giving up after {attempt} automatic resumes (max_resume_attempts={cfg.max_resume_attempts}); "
             "fix the cause and re-execute the run, or backfill the failed partitions"
         )
         log.error(message)
-        ledger.finish_run(pg, entry.run_id)
+        ledger.finish_run(pg, entry.run_id, message)
         return None, message
     return (
         dg.RunRequest(

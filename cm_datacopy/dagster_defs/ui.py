@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from cm_datacopy.cli.demo import start_standins
 from cm_datacopy.config import CONFIG_ENV, load_config
-from cm_datacopy.demo import start_standins
 from cm_datacopy.redact import redact
 
 

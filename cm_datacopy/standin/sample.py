@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.snowflake.sql import sf_ident
 
 ANALYTICS_DB = "ANALYTICS"
 CONFLICT_DB = "CONFLICT"

@@ -5,6 +5,7 @@ Snowflake code path runs. Two things are added to fakesnow here:
 
 * NULL timestamps survive (fakesnow 0.12 server mode turns them into 1970-01-01); a stand-in that
   loses NULLs would hide real bugs.
+* ``CURRENT_VERSION()`` says it is the stand-in (``10.0.0-cm-datacopy-standin``).
 * The login checks the user and password, so a wrong password is refused as Snowflake would
   refuse it (fakesnow accepts anything).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 STANDIN_USER = "cm_datacopy"
 STANDIN_ACCOUNT = "standin"
+STANDIN_VERSION_TAG = "cm-datacopy-standin"
 
 
 def _patch_fakesnow(user: str, password: str) -> object:
@@ -47,6 +49,11 @@ def _patch_fakesnow(user: str, password: str) -> object:
         return pa.StructArray.from_arrays(struct.flatten(), fields=list(struct.type), mask=ts.is_null())
 
     fa.timestamp_to_sf_struct = keep_nulls
+
+    # Say what the server is: cm_datacopy picks the SQL dialect of a few functions by the version.
+    import fakesnow.transforms.transforms as ft
+
+    ft.SERVER_VERSION = f"{ft.SERVER_VERSION}-{STANDIN_VERSION_TAG}"
 
     original_login = fs.login_request
 

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from cm_datacopy.config import load_config
-from cm_datacopy.verify import verify_table
+from cm_datacopy.run.verify import verify_table
 from cm_datacopy_tests.dagster.helpers import (
     EVENTS_JOB,
     EVENTS_KEY,

@@ -64,7 +64,7 @@ def test_sensor_requests_exactly_the_failed_chunk_then_stops_after_max_attempts(
     assert ok.success
     failed = _failed_chunk_run(defs, instance, pg, keys[1])
     assert (
-        "locked by another worker"
+        "waited longer than lock_timeout_seconds for a PostgreSQL lock while deleting the chunk's range"
         in pg_rows(
             pg,
             "SELECT last_error FROM migration_status.migration_chunk_status WHERE run_id = %s AND chunk_index = 1 "

@@ -12,11 +12,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cm_datacopy import source
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import DatacopyError
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.postgres.sql import create_schema_if_absent
 from cm_datacopy.redact import redact
-from cm_datacopy.sql import create_schema_if_absent, sf_ident
+from cm_datacopy.snowflake import session as sf_session
+from cm_datacopy.snowflake.catalog import describe_table, table_ref
+from cm_datacopy.snowflake.sql import sf_ident
 
 
 def check_source(cfg: SourceConfig) -> list[str]:
@@ -30,13 +33,13 @@ def check_source(cfg: SourceConfig) -> list[str]:
 def _check_snowflake(cfg: SourceConfig) -> list[str]:
     problems = []
     try:
-        with source.connect(cfg.snowflake) as sf:
+        with sf_session.connect(cfg.snowflake, f"cm_datacopy source={cfg.name} step=check") as sf:
             for table in cfg.tables:
-                ref = source.table_ref(cfg.snowflake, table)
+                ref = table_ref(cfg.snowflake, table)
                 try:
-                    source.describe_table(sf, cfg.snowflake, table)
+                    describe_table(sf, cfg.snowflake, table)
                     cols = sf_ident(table.chunk_key) if table.chunk_key else "1"
-                    sf.cursor().execute(f"SELECT {cols} FROM {ref} LIMIT 0")
+                    sf.execute(f"SELECT {cols} FROM {ref} LIMIT 0")
                 except DatacopyError as exc:
                     problems.append(f"snowflake: {exc}")
                 except Exception as exc:
@@ -62,8 +65,13 @@ def _check_postgres(cfg: SourceConfig) -> list[str]:
             hint = f"cannot reach {pg_cfg.host}:{pg_cfg.port}: {text.strip().splitlines()[-1][:300]}"
         return [f"postgres: {hint}"]
     problems = []
+    ledger = Ledger(pg_cfg.ledger_schema)
     with conn:
-        for schema in sorted({t.target_schema for t in cfg.tables} | {"migration_status"}):
+        try:
+            ledger.exists(conn)
+        except DatacopyError as exc:
+            problems.append(f"postgres: {exc}")
+        for schema in sorted({t.target_schema for t in cfg.tables} | {ledger.schema}):
             try:
                 with conn.transaction(force_rollback=True), conn.cursor() as cur:
                     create_schema_if_absent(cur, schema)

@@ -1,4 +1,4 @@
-"""Quoting for the two SQL dialects. Values are always bound, never formatted into SQL."""
+"""Quoting for PostgreSQL. Values are always bound, never formatted into a statement."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ from typing import Any
 
 from psycopg import sql
 
-
-def sf_ident(name: str) -> str:
-    """A Snowflake identifier, quoted: case kept, embedded quotes doubled."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sf_table(database: str, schema: str, table: str) -> str:
-    return ".".join(sf_ident(part) for part in (database, schema, table))
+from cm_datacopy.ranges import Chunk
 
 
 class BoundIdentifier(sql.Identifier):
@@ -40,3 +33,23 @@ def create_schema_if_absent(cur: Any, name: str) -> None:
 def pg_name_text(name: str) -> str:
     """A PostgreSQL name as regnamespace/regclass input text: always quoted, so case and dots are kept."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def chunk_where(chunk: Chunk, key_target_column: str | None) -> tuple[sql.Composable, list[Any]]:
+    """A chunk's rows in a PostgreSQL table, by the key's target column name, and the parameters."""
+    if chunk.key_column is None or key_target_column is None:
+        return sql.SQL("TRUE"), []
+    col = BoundIdentifier(key_target_column)  # the statement has parameters
+    lower, upper = chunk.values()
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+    if lower is not None:
+        conds.append(sql.SQL("{} >= %s").format(col))
+        params.append(lower)
+    if upper is not None:
+        conds.append(sql.SQL("{} < %s").format(col))
+        params.append(upper)
+    where: sql.Composable = sql.SQL(" AND ").join(conds) if conds else sql.SQL("TRUE")
+    if chunk.include_nulls:
+        where = sql.SQL("({}) OR {} IS NULL").format(where, col)
+    return where, params

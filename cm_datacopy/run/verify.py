@@ -15,13 +15,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cm_datacopy import checksum, ledger, source
+from cm_datacopy import checksum
 from cm_datacopy.checksum import Checksum
-from cm_datacopy.chunks import Chunk, encode_bound
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import DatacopyError
-from cm_datacopy.ledger import RunEntry, TableEntry
-from cm_datacopy.sql import BoundIdentifier, sf_ident
+from cm_datacopy.postgres.ledger import Ledger, RunEntry, TableEntry
+from cm_datacopy.postgres.sql import BoundIdentifier, chunk_where
+from cm_datacopy.ranges import Chunk, encode_bound
+from cm_datacopy.snowflake import session as sf_session
+from cm_datacopy.snowflake.scan import Scan
+from cm_datacopy.snowflake.sql import sf_ident
 
 LEAF_ROWS = 64
 SAMPLE_KEYS = 10
@@ -71,14 +74,9 @@ class TableVerification:
         return [c.describe() for c in self.chunks if not c.ok]
 
 
-def checked_relation(pg: psycopg.Connection[Any], run_id: str, entry: TableEntry) -> tuple[str, str]:
+def checked_relation(entry: TableEntry) -> tuple[str, str]:
     """Where the run's rows are now: the target once published (or in place), else the shadow."""
-    row = pg.execute(
-        "SELECT published_at FROM migration_status.migration_table_status WHERE run_id = %s AND table_key = %s",
-        (run_id, entry.table_key),
-    ).fetchone()
-    pg.commit()
-    if entry.mode == "publish" and row and row[0] is None:
+    if entry.mode == "publish" and entry.published_at is None:
         return entry.load_schema, entry.load_table
     return entry.target_schema, entry.target_table
 
@@ -93,20 +91,23 @@ def verify_table(
 ) -> TableVerification:
     """Checksum the run's done chunks of one table on both sides now (all of them, or those given:
     the Dagster check verifies the chunk it follows)."""
+    ledger = Ledger(cfg.postgres.ledger_schema)
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(psycopg.connect(**cfg.postgres.connect_kwargs()))
-        sf = stack.enter_context(source.connect(cfg.snowflake))
+        sf = stack.enter_context(
+            sf_session.connect(cfg.snowflake, f"cm_datacopy source={cfg.name} run={run_id} step=verify")
+        )
         run = ledger.get_run(pg, run_id)
         entry = next((e for e in ledger.table_entries(pg, run_id) if e.table_key == table_key), None)
         if run is None or entry is None:
             raise DatacopyError(f"the ledger has no table {table_key} in run {run_id}")
-        schema, table = checked_relation(pg, run_id, entry)
+        schema, table = checked_relation(entry)
         sides = _Sides(cfg, sf, pg, run, entry, sql.Identifier(schema, table))
         wanted = set(chunk_indexes) if chunk_indexes is not None else None
-        open_chunks = {c.index for c in ledger.chunks(pg, run_id, open_only=True) if c.table_key == table_key}
+        open_chunks = {c.index for c in ledger.chunks(pg, run_id, table_key=table_key, open_only=True)}
         results, skipped = [], 0
-        for chunk in ledger.chunks(pg, run_id):
-            if chunk.table_key != table_key or (wanted is not None and chunk.index not in wanted):
+        for chunk in ledger.chunks(pg, run_id, table_key=table_key):
+            if wanted is not None and chunk.index not in wanted:
                 continue
             if chunk.index in open_chunks:
                 skipped += 1
@@ -117,7 +118,7 @@ def verify_table(
 
 def verify_run(cfg: SourceConfig, run_id: str) -> list[TableVerification]:
     with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-        keys = [entry.table_key for entry in ledger.table_entries(pg, run_id)]
+        keys = [entry.table_key for entry in Ledger(cfg.postgres.ledger_schema).table_entries(pg, run_id)]
     return [verify_table(cfg, run_id, key) for key in keys]
 
 
@@ -126,7 +127,7 @@ class _Sides:
     """One table of one run, open on both databases: what every comparison below needs."""
 
     cfg: SourceConfig
-    sf: Any
+    sf: sf_session.Session
     pg: psycopg.Connection[Any]
     run: RunEntry
     entry: TableEntry
@@ -137,14 +138,13 @@ class _Sides:
         return self.cfg.nul_replacement if self.cfg.nul_bytes == "replace" else None
 
     def pg_where(self, chunk: Chunk) -> tuple[sql.Composable, list[Any]]:
-        if chunk.key_column is None:
-            return sql.SQL("TRUE"), []
-        return chunk.postgres_where(self.entry.target_column(chunk.key_column))
+        return chunk_where(chunk, self.entry.target_column(chunk.key_column) if chunk.key_column else None)
+
+    def scan(self, chunk: Chunk) -> Scan:
+        return Scan(self.entry.source_table, self.run.snapshot_at, chunk)
 
     def checksums(self, chunk: Chunk) -> tuple[Checksum, Checksum]:
-        src = checksum.snowflake_checksum(
-            self.sf, self.entry.source_table, self.entry.columns, chunk, self.run.snapshot_at, self.nul_replacement
-        )
+        src = checksum.snowflake_checksum(self.sf, self.scan(chunk), self.entry.columns, self.nul_replacement)
         where, params = self.pg_where(chunk)
         with self.pg.cursor() as cur:
             dst = checksum.postgres_checksum(cur, self.relation, self.entry.columns, where, params)
@@ -176,28 +176,20 @@ class _Sides:
         """The median key of the range in Snowflake, as a stored bound."""
         assert chunk.key_column is not None and chunk.key_kind is not None
         key = sf_ident(chunk.key_column)
-        at, at_params = source.at_clause(self.run.snapshot_at)
-        where, params = chunk.snowflake_where()
-        cur = self.sf.cursor()
-        cur.execute(
-            f"SELECT {key} FROM {self.entry.source_table}{at} WHERE ({where}) AND {key} IS NOT NULL "
-            f"ORDER BY {key} LIMIT 1 OFFSET {int(rows // 2)}",
-            [*at_params, *params],
-        )
-        row = cur.fetchone()
+        from_where, params = self.scan(chunk).from_where(f"{key} IS NOT NULL")
+        row = self.sf.execute(
+            f"SELECT {key} {from_where} ORDER BY {key} LIMIT 1 OFFSET {int(rows // 2)}", params
+        ).fetchone()
         return None if row is None else encode_bound(chunk.key_kind, row[0])
 
     def row_differences(self, chunk: Chunk) -> list[str]:
         """Compare the range row by row (few rows): keys missing, extra or different in PostgreSQL."""
         key_source = chunk.key_column
-        at, at_params = source.at_clause(self.run.snapshot_at)
-        where, params = chunk.snowflake_where()
-        cur = self.sf.cursor()
-        cur.execute(
+        from_where, params = self.scan(chunk).from_where()
+        cur = self.sf.execute(
             f"SELECT {sf_ident(key_source) if key_source else 'NULL'}, "
-            f"MD5({checksum.snowflake_row_text(self.entry.columns, self.nul_replacement)}) "
-            f"FROM {self.entry.source_table}{at} WHERE {where}",
-            [*at_params, *params],
+            f"MD5({checksum.snowflake_row_text(self.entry.columns, self.nul_replacement)}) {from_where}",
+            params,
         )
         source_rows = collections.Counter((_key_text(chunk, k), h) for k, h in cur.fetchall())
         pg_where, pg_params = self.pg_where(chunk)

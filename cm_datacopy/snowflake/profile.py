@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cm_datacopy.config import SourceConfig
-from cm_datacopy.sql import sf_ident
+from cm_datacopy.snowflake.session import Session
+from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.typeplan import ColumnPlan
 
 
@@ -54,7 +55,7 @@ _BLOCKING = {"nul_bytes", "nul_escapes"}
 
 
 def profile_table(
-    cfg: SourceConfig, sf: Any, ref: str, columns: list[ColumnPlan], *, blocking_only: bool = False
+    cfg: SourceConfig, sf: Session, ref: str, columns: list[ColumnPlan], *, blocking_only: bool = False
 ) -> list[ColumnProfile]:
     """Measure every column in one query (per-column queries if the source refuses one of them).
 
@@ -66,15 +67,13 @@ def profile_table(
         return []
     flat = [(i, name, expr) for i, (_, ms) in enumerate(plans) for name, expr in ms]
     values: dict[tuple[int, str], Any] = {}
-    cur = sf.cursor()
     try:
-        cur.execute(f"SELECT {', '.join(expr for _, _, expr in flat)} FROM {ref}")
-        values = {(i, name): v for (i, name, _), v in zip(flat, cur.fetchone(), strict=True)}
+        row = sf.execute(f"SELECT {', '.join(expr for _, _, expr in flat)} FROM {ref}").fetchone()
+        values = {(i, name): v for (i, name, _), v in zip(flat, row, strict=True)}
     except Exception:
         for i, name, expr in flat:
             try:
-                cur.execute(f"SELECT {expr} FROM {ref}")
-                values[(i, name)] = cur.fetchone()[0]
+                values[(i, name)] = sf.execute(f"SELECT {expr} FROM {ref}").fetchone()[0]
             except Exception:
                 values[(i, name)] = None
     return [_describe(cfg, col, {name: values.get((i, name)) for name, _ in ms}) for i, (col, ms) in enumerate(plans)]

@@ -26,14 +26,17 @@ from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 from rich.table import Table
 
-from cm_datacopy import ledger
-from cm_datacopy import source as source_mod
+from cm_datacopy.cli.output import print_status
 from cm_datacopy.config import SourceConfig, load_config
+from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.snowflake import session as sf_session
+from cm_datacopy.snowflake.catalog import table_ref
+from cm_datacopy.snowflake.scan import Scan, count_rows
 from cm_datacopy.standin import snowflake as standin_snowflake
 from cm_datacopy.standin.postgres import embedded_postgres
 from cm_datacopy.standin.sample import create_sample_tables
 
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "cm_datacopy.yaml"
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "cm_datacopy.yaml"
 PASSWORD_ENV = "CM_DATACOPY_DEMO_SNOWFLAKE_PASSWORD"
 POSTGRES_ENV = "CM_DATACOPY_DEMO_POSTGRES"
 
@@ -56,15 +59,6 @@ def demo_config(shipped: Path, sf: standin_snowflake.StandinSnowflake, pg: dict[
 
 def _cli(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "cm_datacopy.cli", "--config", str(config), *args]
-
-
-def _done_chunks(pg: psycopg.Connection[Any], source: str) -> int:
-    row = pg.execute(
-        "SELECT count(*) FROM migration_status.migration_chunk_status c JOIN migration_status.migration_runs r "
-        "USING (run_id) WHERE r.source = %s AND c.status = 'done'",
-        (source,),
-    ).fetchone()
-    return int(row[0]) if row else 0
 
 
 @dataclass(frozen=True)
@@ -134,10 +128,9 @@ def run_demo(workdir: str, rows: int, console: Console) -> int:
             console.print(f"   analytics killed with SIGKILL after {killed_after} chunks were committed")
         console.print("   conflict: " + _last_line(outputs["conflict"]))
 
-        from cm_datacopy.cli import print_status
-
+        ledger = Ledger()
         with psycopg.connect(**pg_kwargs) as pg:
-            print_status(pg, "analytics")
+            print_status(pg, ledger, "analytics")
         console.print("[bold]5.[/bold] cm-datacopy run analytics (resumes the interrupted run)")
         resumed = subprocess.run(_cli(config, "run", "analytics"), capture_output=True, text=True)
         for line in resumed.stdout.strip().splitlines():
@@ -147,7 +140,7 @@ def run_demo(workdir: str, rows: int, console: Console) -> int:
         ok = resumed.returncode == 0
         with psycopg.connect(**pg_kwargs) as pg:
             for name, cfg in loaded.sources.items():
-                print_status(pg, name)
+                print_status(pg, ledger, name)
                 ok &= _compare_counts(cfg, pg, console)
         console.print(
             f"[{'green' if ok else 'red'}]demo {'succeeded' if ok else 'FAILED'}[/] in {time.monotonic() - t0:.1f} s"
@@ -164,9 +157,10 @@ def _fresh_database(pg_kwargs: dict[str, Any]) -> None:
 
 def _kill_mid_way(proc: subprocess.Popen[str], pg_kwargs: dict[str, Any], source: str) -> int | None:
     """SIGKILL the run once a few of its chunks are committed; returns how many were."""
+    ledger = Ledger()
     with psycopg.connect(**pg_kwargs, autocommit=True) as pg:
         while proc.poll() is None:
-            if ledger.exists(pg) and (done := _done_chunks(pg, source)) >= 3:
+            if ledger.exists(pg) and (done := ledger.done_chunks(pg, source)) >= 3:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return done
@@ -182,10 +176,10 @@ def _last_line(text: str) -> str:
 def _compare_counts(cfg: SourceConfig, pg: psycopg.Connection[Any], console: Console) -> bool:
     table = Table("source table", "Snowflake rows", "PostgreSQL rows", "match")
     ok = True
-    with source_mod.connect(cfg.snowflake) as sf:
+    with sf_session.connect(cfg.snowflake) as sf:
         for t in cfg.tables:
-            ref = source_mod.table_ref(cfg.snowflake, t)
-            src = source_mod.count_rows(sf, ref, None, None)
+            ref = table_ref(cfg.snowflake, t)
+            src = count_rows(sf, Scan(ref))
             row = pg.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t.target_schema, t.target_name))
             ).fetchone()

@@ -1,4 +1,4 @@
-"""Chunk plans: ranges of a sortable key that together cover every row of a table exactly once.
+"""Chunk ranges: ranges of a sortable key that together cover every row of a table exactly once.
 
 A keyed table is cut at boundary values b1 < b2 < ... < bn into n+1 half-open ranges:
 ``key < b1 OR key IS NULL``, ``b1 <= key < b2``, ..., ``bn <= key``. The first and last ranges are
@@ -17,9 +17,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from psycopg import sql
-
-from cm_datacopy.sql import BoundIdentifier, sf_ident
 from cm_datacopy.typeplan import KeyKind
 
 
@@ -60,11 +57,6 @@ class Chunk:
     upper: str | None = None
     include_nulls: bool = False
 
-    @property
-    def partition_key(self) -> str:
-        """Zero-padded, so Dagster (which orders dynamic keys by insertion) and humans sort alike."""
-        return f"{self.table_key}/{self.index:05d}"
-
     def describe(self) -> str:
         if self.key_column is None:
             return "all rows"
@@ -76,62 +68,12 @@ class Chunk:
         text = " AND ".join(parts) or "all keys"
         return f"{text} (or NULL)" if self.include_nulls else text
 
-    def _values(self) -> tuple[Any, Any]:
+    def values(self) -> tuple[Any, Any]:
+        """The bounds as Python values of the key's type (None: open)."""
         assert self.key_kind is not None
         lower = None if self.lower is None else decode_bound(self.key_kind, self.lower)
         upper = None if self.upper is None else decode_bound(self.key_kind, self.upper)
         return lower, upper
-
-    def snowflake_where(self) -> tuple[str, list[Any]]:
-        """The chunk's rows in Snowflake: SQL text with ? placeholders, and its parameters."""
-        if self.key_column is None:
-            return "TRUE", []
-        col = sf_ident(self.key_column)
-        lower, upper = self._values()
-        placeholder = {
-            "timestamp": "CAST(? AS TIMESTAMP_NTZ)",
-            "timestamptz": "CAST(? AS TIMESTAMP_TZ)",
-            "date": "CAST(? AS DATE)",
-        }.get(self.key_kind or "", "?")
-        conds, params = [], []
-        if lower is not None:
-            conds.append(f"{col} >= {placeholder}")
-            params.append(_sf_param(lower))
-        if upper is not None:
-            conds.append(f"{col} < {placeholder}")
-            params.append(_sf_param(upper))
-        where = " AND ".join(conds) or "TRUE"
-        if self.include_nulls:
-            where = f"({where}) OR {col} IS NULL"
-        return where, params
-
-    def postgres_where(self, key_target_column: str) -> tuple[sql.Composable, list[Any]]:
-        """The same rows in the PostgreSQL target, by the key's target column name, and parameters."""
-        if self.key_column is None:
-            return sql.SQL("TRUE"), []
-        col = BoundIdentifier(key_target_column)  # the statement has parameters
-        lower, upper = self._values()
-        conds: list[sql.Composable] = []
-        params: list[Any] = []
-        if lower is not None:
-            conds.append(sql.SQL("{} >= %s").format(col))
-            params.append(lower)
-        if upper is not None:
-            conds.append(sql.SQL("{} < %s").format(col))
-            params.append(upper)
-        where: sql.Composable = sql.SQL(" AND ").join(conds) if conds else sql.SQL("TRUE")
-        if self.include_nulls:
-            where = sql.SQL("({}) OR {} IS NULL").format(where, col)
-        return where, params
-
-
-def _sf_param(value: Any) -> Any:
-    """Timestamps go to Snowflake as ISO text (cast in SQL): the connector's own binding drops zones."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
 
 
 def plan_chunks(table_key: str, key_column: str | None, key_kind: KeyKind | None, boundaries: list[Any]) -> list[Chunk]:

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from cm_datacopy.errors import PlanError
-from cm_datacopy.sql import create_schema_if_absent
+from cm_datacopy.postgres.sql import create_schema_if_absent
 from cm_datacopy.typeplan import ColumnPlan, fits
 
 _PG_NAME_MAX = 63  # NAMEDATALEN - 1

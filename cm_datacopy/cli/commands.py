@@ -1,28 +1,27 @@
-"""``cm-datacopy``: the seed's workflow steps as commands, for use without the Dagster UI."""
+"""``cm-datacopy``: the replaced workflow's steps as commands, for use without the Dagster UI."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 
 import click
 import psycopg
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cm_datacopy import status as status_mod
-from cm_datacopy.check import check_source
+from cm_datacopy.cli.output import console, err_console, print_status
 from cm_datacopy.config import CONFIG_ENV, load_config
-from cm_datacopy.errors import ChunkError, DatacopyError
+from cm_datacopy.errors import DatacopyError
+from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.redact import RedactingFilter, redact
-
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+from cm_datacopy.run.check import check_source
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -56,10 +55,10 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             # A connection lost mid-step (a PostgreSQL restart, a network cut, Snowflake gone): one line, exit 1.
             if not isinstance(exc, psycopg.OperationalError) and not type(exc).__module__.startswith("snowflake."):
                 raise
-            from cm_datacopy.copy import describe_error
+            from cm_datacopy.chunk.task import classify
 
             err_console.print(
-                f"[red]error:[/red] lost a database connection: {describe_error(exc)}; run the command again "
+                f"error: lost a database connection: {classify(exc)[0]}; run the command again "
                 "(a run resumes where it stopped)",
                 markup=False,
                 soft_wrap=True,
@@ -120,7 +119,7 @@ def check(ctx: click.Context, source: str | None) -> None:
 @_user_errors
 def plan(ctx: click.Context, source: str | None, with_profile: bool) -> None:
     """Print the type plan and chunk plan of every table (and the source profile). Writes nothing."""
-    from cm_datacopy.planning import preview
+    from cm_datacopy.run.plan import preview
 
     cfg = _source(ctx, source)
     plans, blocking = preview(cfg, profile_columns=with_profile)
@@ -160,7 +159,7 @@ def plan(ctx: click.Context, source: str | None, with_profile: bool) -> None:
 @_user_errors
 def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
     """Copy SOURCE: resume its newest unfinished run (within resume_max_age) or start a new one."""
-    from cm_datacopy.runner import run_source
+    from cm_datacopy.run.runner import Stop, run_source
 
     cfg = _source(ctx, source)
     with Progress(
@@ -178,11 +177,15 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
             if kind == "start":
                 bar.console.print(f"{cfg.name}: {item.reason}")
             elif kind == "plan":
-                bar.update(task, total=len(item))
+                bar.update(task, total=len(item.todo))
+            elif kind == "chunk" and item.outcome == "failed":
+                bar.update(task, advance=1)
+                bar.console.print(
+                    f"[red]✗[/red] {escape(f'chunk {item.task.name} (attempt {item.attempt}) failed: {item.error}')}",
+                    soft_wrap=True,
+                )
             elif kind == "chunk":
                 bar.update(task, advance=1, rows=bar.tasks[task].fields["rows"] + item.rows)
-            elif kind == "failed" and isinstance(item, ChunkError):
-                bar.console.print(f"[red]✗[/red] {escape(str(item))}", soft_wrap=True)
             elif kind == "published" and item.published:
                 bar.console.print(
                     f"published {escape(item.table_key)}: {item.rows:,} rows replaced {item.replaced_rows:,}"
@@ -190,7 +193,27 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
             elif kind == "publish_refused":
                 bar.console.print(f"[red]✗[/red] {escape(str(item))}", soft_wrap=True)
 
-        outcome = run_source(cfg, no_resume=no_resume, progress=progress)
+            elif kind == "stopping":
+                bar.console.print(
+                    f"{cfg.name}: stopping ({item}): no new chunk starts; chunks in flight roll back unless committing"
+                )
+
+        stop = Stop()
+        with _stop_on_signals(stop):
+            outcome = run_source(cfg, no_resume=no_resume, progress=progress, stop=stop)
+    if outcome.lock_lost:
+        err_console.print(
+            f"error: run {outcome.run_id} lost the lock of source {cfg.name!r} (frozen longer than "
+            f"stale_lock_seconds, or its session was ended); stopped after {outcome.chunks_copied} chunks. "
+            "Another run may own the source now: see 'cm-datacopy status'"
+        )
+        sys.exit(3)
+    if outcome.stopped:
+        console.print(
+            f"[yellow]stopped[/yellow] run {outcome.run_id} ({outcome.stopped}) after {outcome.chunks_copied} chunks, "
+            f"{outcome.rows:,} rows; chunks in flight were rolled back. Run 'cm-datacopy run {cfg.name}' to resume"
+        )
+        sys.exit(130 if outcome.stopped == "SIGINT" else 143)
     colour = "green" if outcome.status == "completed" else "red"
     console.print(
         f"[{colour}]{outcome.status}[/{colour}] run {outcome.run_id}: {outcome.chunks_copied} chunks, "
@@ -199,6 +222,23 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
     if outcome.status != "completed":
         console.print(f"run 'cm-datacopy run {cfg.name}' again to resume; 'cm-datacopy status {cfg.name}' shows errors")
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM ask the run to stop; a second Ctrl-C still interrupts at once."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @main.command()
@@ -210,39 +250,7 @@ def status(ctx: click.Context, source: str | None, run_id: str | None) -> None:
     """Per table: chunks done/total, rows, attempts; failed chunks with their last error."""
     cfg = _source(ctx, source)
     with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
-        print_status(pg, cfg.name, run_id)
-
-
-def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = None) -> None:
-    report = status_mod.run_status(pg, source, run_id)
-    if report is None:
-        console.print(f"no runs of {source}" + (f" with id {run_id}" if run_id else ""))
-        return
-    run = report.run
-    console.print(
-        f"[bold]{source}[/bold] run {run['run_id']}: {run['status']}, "
-        f"started {run['started_at']:%Y-%m-%d %H:%M:%S %Z}, resumes {run['resume_attempt_count']}"
-    )
-    table = Table("table", "status", "chunks done/total", "failed", "rows", "attempts")
-    for t in report.tables:
-        table.add_row(
-            escape(t["table_key"]),
-            t["status"],
-            f"{t['chunks_done']}/{t['chunks_total']}",
-            str(t["chunks_failed"]),
-            f"{t['rows_copied']:,}",
-            str(t["attempts"]),
-        )
-    console.print(table)
-    if report.open_chunks:
-        failed = Table("chunk", "attempts", "last error")
-        for c in report.open_chunks:
-            failed.add_row(
-                escape(f"{c['table_key']}#{c['chunk_index']:05d}"),
-                str(c["attempts"]),
-                escape(c["last_error"] or "(running)"),
-            )
-        console.print(failed)
+        print_status(pg, Ledger(cfg.postgres.ledger_schema), cfg.name, run_id)
 
 
 @main.command()
@@ -252,11 +260,11 @@ def print_status(pg: psycopg.Connection[Any], source: str, run_id: str | None = 
 @_user_errors
 def verify(ctx: click.Context, source: str | None, run_id: str | None) -> None:
     """Re-verify a run without copying: per chunk, rows and checksums on both sides; names differing keys."""
-    from cm_datacopy import ledger
-    from cm_datacopy.verify import verify_run
+    from cm_datacopy.run.verify import verify_run
 
     cfg = _source(ctx, source)
     if run_id is None:
+        ledger = Ledger(cfg.postgres.ledger_schema)
         with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
             latest = ledger.latest_run(pg, cfg.name) if ledger.exists(pg) else None
         if latest is None:
@@ -288,7 +296,7 @@ def verify(ctx: click.Context, source: str | None, run_id: str | None) -> None:
 @_user_errors
 def demo(workdir: str, rows: int) -> None:
     """A whole migration on embedded stand-ins: fakesnow as Snowflake, an embedded PostgreSQL."""
-    from cm_datacopy.demo import run_demo
+    from cm_datacopy.cli.demo import run_demo
 
     sys.exit(run_demo(workdir, rows, console))
 

@@ -1,0 +1,3 @@
+from cm_datacopy.cli.commands import main
+
+main()

@@ -1,0 +1,1 @@
+"""The PostgreSQL side: target tables, the COPY encoder, the ledger, the source lock, the attempt fence."""

@@ -1,0 +1,1 @@
+"""A run's lifecycle: plan, resume, run the chunks, publish, verify, report."""
