@@ -65,7 +65,9 @@ def plan_tables(
             problems += [f"{table.source}.{col.column}: {text}" for text in col.blocking]
         key = next((c for c in columns if c.source_name == table.chunk_key), None)
         bounds = (
-            chunk_boundaries(sf, Scan(ref, snapshot_at), key.source_name, table.chunk_size) if key is not None else []
+            chunk_boundaries(sf, Scan(ref, snapshot_at), key.source_name, key.key_kind or "int", table.chunk_size)
+            if key is not None
+            else []
         )
         chunks = plan_chunks(table.key, key.source_name if key else None, key.key_kind if key else None, bounds)
         plans.append(TablePlan(table, ref, columns, chunks, exists, profiled))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -18,8 +19,6 @@ from cm_datacopy.snowflake.session import Session
 from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.typeplan import ColumnPlan
 
-_CAST = {"timestamp": "CAST(? AS TIMESTAMP_NTZ)", "timestamptz": "CAST(? AS TIMESTAMP_TZ)", "date": "CAST(? AS DATE)"}
-
 
 def at_clause(snapshot_at: dt.datetime | None) -> tuple[str, list[Any]]:
     """Time Travel: every chunk of a run reads the table as it was when the run started."""
@@ -28,13 +27,28 @@ def at_clause(snapshot_at: dt.datetime | None) -> tuple[str, list[Any]]:
     return " AT(TIMESTAMP => CAST(? AS TIMESTAMP_TZ))", [snapshot_at.isoformat(sep=" ")]
 
 
-def _param(value: Any) -> Any:
-    """Dates and timestamps go to Snowflake as ISO text, cast in SQL: the connector's binding drops zones."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return value
+def bind_key(kind: str | None, value: Any) -> tuple[str, Any]:
+    """A placeholder and its parameter for a key value of ``kind``.
+
+    Dates, timestamps and decimals go as text cast in SQL: the connector's own binding drops time
+    zones, and a bound ``Decimal`` is refused by the stand-in.
+    """
+    if kind == "decimal":
+        number = Decimal(value)
+        scale = max(0, -int(number.as_tuple().exponent))
+        return f"CAST(? AS NUMBER(38, {min(scale, 38)}))", format(number, "f")
+    if kind == "date":
+        return "CAST(? AS DATE)", value.isoformat()
+    if kind == "timestamp":
+        return "CAST(? AS TIMESTAMP_NTZ)", value.isoformat(sep=" ")
+    if kind == "timestamptz":
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return "CAST(? AS TIMESTAMP_TZ)", aware.isoformat(sep=" ")
+    if kind == "float":
+        return "?", float(value)
+    if kind == "int":
+        return "?", int(value)
+    return "?", value
 
 
 def range_where(chunk: Chunk | None) -> tuple[str, list[Any]]:
@@ -42,15 +56,12 @@ def range_where(chunk: Chunk | None) -> tuple[str, list[Any]]:
     if chunk is None or chunk.key_column is None:
         return "TRUE", []
     col = sf_ident(chunk.key_column)
-    placeholder = _CAST.get(chunk.key_kind or "", "?")
-    lower, upper = chunk.values()
     conds, params = [], []
-    if lower is not None:
-        conds.append(f"{col} >= {placeholder}")
-        params.append(_param(lower))
-    if upper is not None:
-        conds.append(f"{col} < {placeholder}")
-        params.append(_param(upper))
+    for op, value in zip((">=", "<"), chunk.values(), strict=True):
+        if value is not None:
+            placeholder, param = bind_key(chunk.key_kind, value)
+            conds.append(f"{col} {op} {placeholder}")
+            params.append(param)
     where = " AND ".join(conds) or "TRUE"
     if chunk.include_nulls:
         where = f"({where}) OR {col} IS NULL"
