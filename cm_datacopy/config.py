@@ -193,6 +193,41 @@ class TableConfig(_Strict):
         return f"{self.target_schema}.{self.target_name}"
 
 
+class LambdaCompute(_Strict):
+    """Chunks run on AWS Lambda (one synchronous invocation per chunk, through Dagster Pipes)."""
+
+    function_name: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+
+
+class EcsCompute(_Strict):
+    """Chunks run as AWS ECS tasks (one task per chunk, through Dagster Pipes)."""
+
+    cluster: str = Field(min_length=1)
+    task_definition: str = Field(min_length=1)
+    container: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+
+
+class ComputeConfig(_Strict):
+    """Where the Dagster layer runs a source's chunks: in the run's process (threads), on Lambda or on ECS.
+
+    ``cm-datacopy run`` always copies in its own process.
+    """
+
+    kind: Literal["in_process", "lambda", "ecs"] = "in_process"
+    lambda_: LambdaCompute | None = Field(default=None, alias="lambda")
+    ecs: EcsCompute | None = None
+
+    @model_validator(mode="after")
+    def _settings_for_kind(self) -> ComputeConfig:
+        if self.kind == "lambda" and self.lambda_ is None:
+            raise ValueError("kind: lambda needs a 'lambda' section (function_name, region)")
+        if self.kind == "ecs" and self.ecs is None:
+            raise ValueError("kind: ecs needs an 'ecs' section (cluster, task_definition, container, region)")
+        return self
+
+
 class SourceConfig(_Strict):
     """A source: one Snowflake account, one PostgreSQL target, its tables and its resume rules."""
 
@@ -213,6 +248,7 @@ class SourceConfig(_Strict):
         description="a run whose process stops answering (frozen, paused) loses the source's lock after this long",
     )
     workers: int = Field(default=1, ge=1, le=64, description="chunks copied at once within this source")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     verify: bool = Field(default=True, description="checksum every chunk on both sides inside its transaction")
     nul_bytes: Literal["fail", "replace"] = Field(
         default="fail", description="PostgreSQL text cannot hold NUL: fail the chunk naming the row, or replace"
@@ -261,6 +297,7 @@ _DEFAULTABLE = {
     "lock_timeout_seconds",
     "stale_lock_seconds",
     "workers",
+    "compute",
     "postgres",
 }
 

@@ -315,9 +315,7 @@ def _aligned(width: int, chunk_size: int) -> int:
     return best if 2 * best >= width else width
 
 
-def _histogram_round(
-    s: _Source, kind: _Kind, cells: list[Cell], runs: list[_Run]
-) -> dict[int, tuple[int, list[Cell]]]:
+def _histogram_round(s: _Source, kind: _Kind, cells: list[Cell], runs: list[_Run]) -> dict[int, tuple[int, list[Cell]]]:
     """One query: per run, equal-width buckets of x from the run's lowest key; COUNT/MIN/MAX each."""
     tag_sql, tag_params, where_sql, where_params, bucket_sql, bucket_params = [], [], [], [], [], []
     for r, run in enumerate(runs):
