@@ -106,6 +106,17 @@ class SourceLock:
                 self.lost.set()
                 return
 
+    def verify(self) -> bool:
+        """Whether the lock's session is still alive (asked now, not at the last heartbeat): a process
+        that was frozen finds out before it starts anything more."""
+        if self.lost.is_set() or self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            self.lost.set()
+        return not self.lost.is_set()
+
     def assert_held(self, cur: psycopg.Cursor[Any]) -> None:
         """Inside a chunk's transaction, before it commits: this run still holds the source's lock."""
         cur.execute(_HELD + " AND l.pid = %s", (self.key, self.pid))

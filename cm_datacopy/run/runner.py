@@ -111,6 +111,8 @@ def run_source(
                 publish_error = _publish_ready_tables(cfg, ledger, pg, start.run_id, outcome, notify)
         finally:
             outcome.seconds = time.monotonic() - began
+            if outcome.lock_lost and _still_owned(ledger, pg, lock, start):
+                outcome.lock_lost = False  # e.g. a cut connection: nobody else ran it meanwhile
             if outcome.lock_lost:
                 outcome.status = "lock lost"
             else:
@@ -118,6 +120,19 @@ def run_source(
                 problem = " ".join(p for p in (problem, publish_error) if p) or None
                 outcome.status = _finish(cfg, ledger, pg, start.run_id, problem)
         return outcome
+
+
+def _still_owned(ledger: Ledger, pg: psycopg.Connection[Any], lock: SourceLock, start: RunStart) -> bool:
+    """After losing the lock: take it back and check no other process resumed or replaced the run
+    meanwhile (its resume count is still ours). Only then may this process record the run's end."""
+    if not lock.reacquire():
+        return False
+    try:
+        with psycopg.connect(**lock.cfg.postgres.connect_kwargs()) as fresh:
+            run = ledger.get_run(fresh, start.run_id)
+    except psycopg.Error:
+        return False
+    return run is not None and run.is_open and run.resume_attempt_count == start.resume_attempt_count
 
 
 def _totals(ledger: Ledger, pg: psycopg.Connection[Any], run_id: str) -> list[TableTotals]:
@@ -155,7 +170,7 @@ def _copy_chunks(
     try:
         with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=f"copy-{cfg.name}") as pool:
             while pending or in_flight:
-                while pending and len(in_flight) < cfg.workers and not stop.is_set() and not lock.lost.is_set():
+                while pending and len(in_flight) < cfg.workers and not stop.is_set() and lock.verify():
                     chunk = pending.pop()
                     in_flight[pool.submit(work, chunk)] = chunk
                 if not in_flight:
@@ -170,9 +185,7 @@ def _copy_chunks(
                 for future in done:
                     chunk = in_flight.pop(future)
                     _record(future, chunk, outcome, notify)
-            # A lost lock with nobody else holding it (a cut connection) is taken back: this run may
-            # then record its end. If another run holds it now, this one leaves the ledger alone.
-            outcome.lock_lost = lock.lost.is_set() and not lock.reacquire()
+            outcome.lock_lost = lock.lost.is_set()
     finally:
         for worker in workers:
             worker.close()
