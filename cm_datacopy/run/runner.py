@@ -80,7 +80,9 @@ class RunOutcome:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-Event = RunStart | RunPlan | ChunkResult | PublishResult | str
+# Events, by kind: start (RunStart), plan (RunPlan), chunk_start (Chunk), chunk (ChunkResult), error (str),
+# published (PublishResult), publish_refused (str), stopping (str: the reason).
+Event = RunStart | RunPlan | Chunk | ChunkResult | PublishResult | str
 Progress = Callable[[str, Any], None]
 
 
@@ -158,6 +160,7 @@ def _copy_chunks(
                 while pending and len(in_flight) < cfg.workers and not stop.is_set() and not lock.lost.is_set():
                     chunk = pending.pop()
                     in_flight[pool.submit(work, chunk)] = chunk
+                    notify("chunk_start", chunk)
                 if not in_flight:
                     break
                 if stop.is_set() and not interrupted:
