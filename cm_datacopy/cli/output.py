@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from cm_datacopy.redact import RedactingFilter
 from cm_datacopy.run.status import RunStatus
 
 # Off a terminal (logs, pipes) tables are not cut to 80 columns.
-_WIDTH = {} if sys.stdout.isatty() else {"width": int(os.environ.get("COLUMNS", 200))}
+_WIDTH = {} if sys.stdout.isatty() else {"width": 200}
 console = Console(highlight=False, soft_wrap=True, **_WIDTH)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
