@@ -160,14 +160,17 @@ def check(ctx: click.Context, source: str | None) -> None:
     )
 
 
-PLAN_CHUNKS_SHOWN = 12  # longer chunk plans show their first and last chunks and say how many are between
+PLAN_CHUNKS_EACH_END = 6  # a longer plan shows its first and last 6 chunks and says how many are between
+PLAN_CHUNKS_ALL = 16  # plans up to this many chunks are shown whole
 
 
 @main.command()
 @click.argument("source", required=False)
 @click.option("--profile", "with_profile", is_flag=True, help="also measure each column's values in Snowflake")
 @click.option(
-    "--all-chunks", is_flag=True, help=f"list every chunk (default: the first and last when over {PLAN_CHUNKS_SHOWN})"
+    "--all-chunks",
+    is_flag=True,
+    help=f"list every chunk (default: the first and last ones when over {PLAN_CHUNKS_ALL})",
 )
 @json_option
 @verbose_option
@@ -199,15 +202,16 @@ def plan(ctx: click.Context, source: str | None, with_profile: bool, all_chunks:
             if p.facts:
                 console.print(f"  {escape(p.column)}: " + escape("; ".join(p.facts)))
         chunks = Table("chunk", "range")
-        count = len(table_plan.chunks)
-        half = PLAN_CHUNKS_SHOWN // 2
+        count, end = len(table_plan.chunks), PLAN_CHUNKS_EACH_END
         for position, chunk in enumerate(table_plan.chunks):
-            if all_chunks or count <= PLAN_CHUNKS_SHOWN or position < half or position >= count - half:
+            if all_chunks or count <= PLAN_CHUNKS_ALL or position < end or position >= count - end:
                 chunks.add_row(f"{chunk.index:05d}", escape(chunk.describe()))
-            elif position == half:
-                chunks.add_row("…", f"… {count - 2 * half} more chunks (plan --all-chunks lists them) …")
-        key = escape(t.chunk_key or "(no key: one chunk)")
-        console.print(f"{count} chunks by {key}, ~{t.chunk_size:,} rows each")
+            elif position == end:
+                chunks.add_row("…", f"… {count - 2 * end} more chunks (plan --all-chunks lists them) …")
+        if t.chunk_key:
+            console.print(f"{count} chunks by {escape(t.chunk_key)}, ~{t.chunk_size:,} rows each")
+        else:
+            console.print("1 chunk: no chunk_key, the table is copied whole")
         console.print(chunks)
     for problem in blocking:
         err_console.print(f"[red]✗[/red] {escape(problem)}", soft_wrap=True)
