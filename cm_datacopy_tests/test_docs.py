@@ -20,8 +20,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from dataclasses import dataclass
@@ -147,8 +149,12 @@ def _fakesnow_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    cwd = tmp_path_factory.mktemp("docs")
+def kept_demo() -> Any:
+    # Not under pytest's tmp_path: as root the embedded PostgreSQL runs as another user, and every pytest
+    # session on the machine resets /tmp/pytest-of-<user> to mode 0700 (PostgreSQL then loses its data
+    # directory and shuts down).
+    cwd = Path(tempfile.mkdtemp(prefix="cmdc-docs-"))
+    cwd.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("CM_DATACOPY_DEMO_POSTGRES", "CM_DATACOPY_CONFIG")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     started = subprocess.run(
@@ -176,6 +182,7 @@ def kept_demo(tmp_path_factory: pytest.TempPathFactory) -> Any:
         subprocess.run([str(BIN / "cm-datacopy"), "demo", "--stop"], cwd=cwd, env=env, capture_output=True, timeout=120)
         if pid and _fakesnow_alive(pid):
             os.kill(pid, 9)
+        shutil.rmtree(cwd, ignore_errors=True)
 
 
 # ---- what the docs show, run --------------------------------------------------------------------------

@@ -273,8 +273,12 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
     cfg = _source(ctx, source)
     display = RunDisplay(cfg.name, console, live=console.is_terminal, verbose=_is_verbose(ctx))
     stop = Stop()
-    with display.showing(), _stop_on_signals(stop):
-        outcome = run_source(cfg, no_resume=no_resume, progress=display, stop=stop)
+    try:
+        with display.showing(), _stop_on_signals(stop):
+            outcome = run_source(cfg, no_resume=no_resume, progress=display, stop=stop)
+    except KeyboardInterrupt:  # a second Ctrl-C: the chunks in flight were ended, the run recorded failed
+        err_console.print(f"interrupted; run 'cm-datacopy run {cfg.name}' to resume", markup=False)
+        sys.exit(130)
     if outcome.lock_lost:
         err_console.print(
             f"error: run {outcome.run_id} lost the lock of source {cfg.name!r} (frozen longer than "
