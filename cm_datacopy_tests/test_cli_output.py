@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_on_a_terminal_bars_show_rows_per_second_and_time_left_and_logs_print_ab
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        display = RunDisplay("analytics", live_console, live=True, verbose=False)
+        display = RunDisplay("analytics", live_console, threading.Event(), live=True, verbose=False)
         chunks = [Chunk("copy.events", i, "ID", "int", str(i * 10), str(i * 10 + 10)) for i in range(4)]
         with display.showing():
             display("start", RunStart("analytics-1", False, 0, "starting a new run"))

@@ -68,6 +68,8 @@ def test_a_signal_stops_the_run_which_resumes_later(snowflake_server, sf_db, pg_
     assert stopped_in < 10 + 3 * slowest, f"took {stopped_in:.1f} s to stop"
     assert "stopped run analytics-" in output and f"({sig.name})" in output, output
     assert "cm-datacopy run analytics' to resume" in output, output
+    assert f"analytics: stopping ({sig.name}): no new chunk starts" in output, output
+    assert "✗" not in output, "chunks rolled back by the stop are not failures"
 
     # No chunk started after the signal: at most the chunks in flight could still commit.
     chunks = pg_rows(pg_db, "SELECT status, finished_at FROM migration_status.migration_chunk_status")

@@ -271,8 +271,8 @@ def run(ctx: click.Context, source: str | None, no_resume: bool | None) -> None:
     from cm_datacopy.run.runner import Stop, run_source
 
     cfg = _source(ctx, source)
-    display = RunDisplay(cfg.name, console, live=console.is_terminal, verbose=_is_verbose(ctx))
     stop = Stop()
+    display = RunDisplay(cfg.name, console, stop, live=console.is_terminal, verbose=_is_verbose(ctx))
     try:
         with display.showing(), _stop_on_signals(stop):
             outcome = run_source(cfg, no_resume=no_resume, progress=display, stop=stop)

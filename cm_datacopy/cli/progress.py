@@ -9,6 +9,7 @@ CI, a pipe): one line per chunk and a summary per table, with a time stamp, noth
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,8 +85,8 @@ class _TallyColumn(ProgressColumn):
 class RunDisplay:
     """The ``progress`` callback of ``run_source``: draws bars (``live``) or prints lines."""
 
-    def __init__(self, source: str, out: Console, *, live: bool, verbose: bool) -> None:
-        self.source, self.out, self.live, self.verbose = source, out, live, verbose
+    def __init__(self, source: str, out: Console, stop: threading.Event, *, live: bool, verbose: bool) -> None:
+        self.source, self.out, self.stop, self.live, self.verbose = source, out, stop, live, verbose
         self.tables: dict[str, _Tally] = {}
         self.overall: _Tally | None = None
         self.stopping = False
@@ -179,7 +180,8 @@ class RunDisplay:
             elif result.outcome == "failed":
                 t.failed += 1
         if result.outcome == "failed":
-            if self.stopping and result.retryable:
+            if self.stop.is_set() and result.retryable:  # rolled back because of the stop (or meanwhile)
+                self.on_stopping(getattr(self.stop, "reason", None) or "stop requested")
                 self.say(f"rolled back {escape(result.task.name)} (attempt {result.attempt}): the run is stopping")
             else:
                 what = f"{result.task.name} (attempt {result.attempt}): {result.error}"
@@ -230,6 +232,8 @@ class RunDisplay:
         self.say(f"[red]✗[/red] {escape(message)}")
 
     def on_stopping(self, reason: str) -> None:
+        if self.stopping:
+            return
         self.stopping = True
         self.say(
             f"{escape(self.source)}: stopping ({reason}): no new chunk starts; chunks in flight roll back "

@@ -157,18 +157,18 @@ def _copy_chunks(
     try:
         with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=f"copy-{cfg.name}") as pool:
             while pending or in_flight:
-                while pending and len(in_flight) < cfg.workers and not stop.is_set() and not lock.lost.is_set():
-                    chunk = pending.pop()
-                    in_flight[pool.submit(work, chunk)] = chunk
-                    notify("chunk_start", chunk)
-                if not in_flight:
-                    break
                 if stop.is_set() and not interrupted:
                     interrupted = True
                     notify("stopping", stop.reason)
                     with guard_lock:
                         for worker in workers:
                             worker.interrupt()  # in-flight statements end now, unless committing
+                while pending and len(in_flight) < cfg.workers and not stop.is_set() and not lock.lost.is_set():
+                    chunk = pending.pop()
+                    in_flight[pool.submit(work, chunk)] = chunk
+                    notify("chunk_start", chunk)
+                if not in_flight:
+                    break
                 done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     chunk = in_flight.pop(future)
