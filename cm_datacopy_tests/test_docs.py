@@ -54,14 +54,9 @@ NOT_RUN_HERE = {
     "source .venv/bin/activate": "the tests run the venv's cm-datacopy",
     "source .demo/env": "applied to every command here",
     ".venv/bin/python -m cm_datacopy_tests.faults": "test_faults.py (10 trials)",
-    ".venv/bin/python -m benchmarks.throughput": "a benchmark script, run by hand",
-    "python -m cm_datacopy.cli.reference": "test_the_configuration_reference_is_generated_from_the_models",
-    'CM_DATACOPY_TEST_POSTGRES="host=db.test': "the suite, pointed at another server",
 }
 # cm-datacopy commands that this file does not run as written, and what covers them.
 SPECIAL = {
-    "cm-datacopy demo": "test_demo.py",
-    "cm-datacopy ui": "dagster/test_e2e.py",
     "cm-datacopy demo --keep": "the kept_demo fixture",
     "cm-datacopy demo --stop": "test_a_kept_demo_refuses_a_second_one_and_stops",
 }
@@ -207,6 +202,9 @@ def test_every_documented_command_runs(kept_demo: Demo):
                 problems.append(f"{block.where}: `{line}` exit {result.returncode}: {result.stderr.strip()[-400:]}")
         elif not any(line.startswith(prefix) for prefix in NOT_RUN_HERE):
             problems.append(f"{block.where}: `{line}` is not a cm-datacopy command this test knows")
+    lines = [line for _, line in commands()]
+    problems += [f"unused entry {p!r}" for p in NOT_RUN_HERE if not any(line.startswith(p) for line in lines)]
+    problems += [f"unused entry {p!r}" for p in SPECIAL if p not in lines]
     assert not problems, "\n".join(problems)
     assert ran >= 30, f"only {ran} documented commands found"
 
