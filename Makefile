@@ -5,10 +5,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test lint ui clean
 
+# pip prints what it downloads and builds: the first install takes a few minutes (dagster, pyarrow,
+# the Snowflake connector and the embedded PostgreSQL are large).
 $(BIN)/cm-datacopy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install --progress-bar on -e ".[test]"
 	touch $@
 
 demo: $(BIN)/cm-datacopy

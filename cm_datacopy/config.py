@@ -336,6 +336,17 @@ def _format_error(path: Path, prefix: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _yaml_error(path: Path, exc: Exception) -> str:
+    """``file:line:column: what`` (as editors and compilers print it), from the parser's marks."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    if isinstance(exc, yaml.MarkedYAMLError):
+        what = "; ".join(str(part) for part in (exc.problem, exc.context) if part)
+    else:
+        what = str(exc).splitlines()[0]
+    return f"{where}: not valid YAML: {what}"
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate the file; raise ``ConfigError`` naming the file, the field and the fix."""
     path = config_path(path)
@@ -344,7 +355,7 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+        raise ConfigError(_yaml_error(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the file must hold a mapping with a 'sources' key")
     try:

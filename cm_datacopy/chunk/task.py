@@ -15,7 +15,7 @@ from typing import Any, Literal
 import psycopg
 
 from cm_datacopy.errors import DatacopyError
-from cm_datacopy.redact import redact
+from cm_datacopy.redact import outside
 
 Outcome = Literal["copied", "already_done", "superseded", "failed"]
 
@@ -107,13 +107,13 @@ def worker_name() -> str:
 
 
 def classify(exc: BaseException, step: str | None = None) -> tuple[str, bool]:
-    """One line for the ledger and the user (secrets masked), and whether a retry can succeed.
+    """One line for the ledger and the user (the outside text in it masked), and whether a retry can succeed.
 
     ``step``: what the chunk was doing, so a lock timeout says where it waited.
     """
     where = f" while {step}" if step else ""
     if isinstance(exc, DatacopyError):
-        return redact(str(exc)), exc.retryable
+        return str(exc), exc.retryable
     if isinstance(exc, psycopg.errors.LockNotAvailable):
         return (
             f"waited longer than lock_timeout_seconds for a PostgreSQL lock{where}: another session holds it "
@@ -123,23 +123,22 @@ def classify(exc: BaseException, step: str | None = None) -> tuple[str, bool]:
     if isinstance(exc, (psycopg.errors.QueryCanceled, psycopg.errors.IdleInTransactionSessionTimeout)):
         return f"PostgreSQL ended the chunk's transaction after its timeout{where}: {_first_line(exc)}", True
     if isinstance(exc, psycopg.errors.DataError):
-        return redact(f"a value does not fit its PostgreSQL column{where}: {_first_line(exc)}"), False
+        return f"a value does not fit its PostgreSQL column{where}: {_first_line(exc)}", False
     if isinstance(exc, (psycopg.errors.IntegrityError, psycopg.errors.RaiseException)):
-        return redact(f"PostgreSQL refused the rows{where}: {_first_line(exc)}"), False
+        return f"PostgreSQL refused the rows{where}: {_first_line(exc)}", False
     if isinstance(exc, psycopg.OperationalError):
-        return redact(f"lost the PostgreSQL connection{where}: {_first_line(exc)}"), True
+        return f"lost the PostgreSQL connection{where}: {_first_line(exc)}", True
     if isinstance(exc, psycopg.Error):
-        return redact(f"{type(exc).__name__}{where}: {_first_line(exc)}"), False
+        return f"{type(exc).__name__}{where}: {_first_line(exc)}", False
     module = type(exc).__module__
     if module.startswith("snowflake."):
         from cm_datacopy.snowflake.session import is_retryable_error
 
-        return redact(f"Snowflake{where}: {_first_line(exc)}"), is_retryable_error(exc)
+        return f"Snowflake{where}: {_first_line(exc)}", is_retryable_error(exc)
     if isinstance(exc, (OSError, TimeoutError)):
-        return redact(f"{type(exc).__name__}{where}: {_first_line(exc)}"), True
-    return redact(f"{type(exc).__name__}{where}: {_first_line(exc)}"), False
+        return f"{type(exc).__name__}{where}: {_first_line(exc)}", True
+    return f"{type(exc).__name__}{where}: {_first_line(exc)}", False
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:1000] if text else type(exc).__name__
+    return outside(exc)

@@ -12,7 +12,7 @@ import psycopg
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ConnectionCheckError
 from cm_datacopy.postgres.ledger import Ledger
-from cm_datacopy.redact import redact
+from cm_datacopy.redact import outside
 from cm_datacopy.snowflake import session as sf_session
 
 
@@ -32,7 +32,7 @@ class Worker:
                 self._pg = psycopg.connect(**self.cfg.postgres.connect_kwargs())
             except psycopg.OperationalError as exc:
                 raise ConnectionCheckError(
-                    redact(f"cannot connect to PostgreSQL {self.cfg.postgres.host}:{self.cfg.postgres.port}: {exc}")
+                    f"cannot connect to PostgreSQL {self.cfg.postgres.host}:{self.cfg.postgres.port}: {outside(exc)}"
                 ) from None
         return self._pg
 

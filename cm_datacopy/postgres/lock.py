@@ -56,9 +56,8 @@ class SourceLock:
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[0].split("failed: ")[-1]
             raise ConnectionCheckError(
-                redact(
-                    f"cannot connect to PostgreSQL {pg.host}:{pg.port} as {pg.user!r}, database {pg.dbname!r}: {reason}"
-                )
+                f"cannot connect to PostgreSQL {pg.host}:{pg.port} as {pg.user!r}, database {pg.dbname!r}: "
+                f"{redact(reason)}"
             ) from None
         conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (f"{self.idle_seconds}s",))
         row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0)), pg_backend_pid()", (self.key,))

@@ -16,18 +16,18 @@ from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.postgres.sql import create_schema_if_absent
-from cm_datacopy.redact import redact
+from cm_datacopy.redact import outside, redact
 from cm_datacopy.snowflake import session as sf_session
 from cm_datacopy.snowflake.catalog import describe_table, table_ref
 from cm_datacopy.snowflake.sql import sf_ident
 
 
 def check_source(cfg: SourceConfig) -> list[str]:
-    """Problems found (empty: ready to copy)."""
+    """Problems found (empty: ready to copy); outside text in them is masked where it is quoted."""
     problems: list[str] = []
     problems += _check_snowflake(cfg)
     problems += _check_postgres(cfg)
-    return [redact(p) for p in problems]
+    return problems
 
 
 def _check_snowflake(cfg: SourceConfig) -> list[str]:
@@ -43,7 +43,7 @@ def _check_snowflake(cfg: SourceConfig) -> list[str]:
                 except DatacopyError as exc:
                     problems.append(f"snowflake: {exc}")
                 except Exception as exc:
-                    problems.append(f"snowflake: cannot read {ref}: {str(exc).splitlines()[0][:300]}")
+                    problems.append(f"snowflake: cannot read {ref}: {_first_line(exc)}")
     except DatacopyError as exc:
         problems.append(f"snowflake: {exc}")
     return problems
@@ -60,9 +60,9 @@ def _check_postgres(cfg: SourceConfig) -> list[str]:
         if "password authentication failed" in text:
             hint = f"wrong password for user {pg_cfg.user!r} (check {pg_cfg.password_env or 'password_env'})"
         elif "does not exist" in text:
-            hint = text.strip().splitlines()[-1]
+            hint = redact(text.strip().splitlines()[-1])
         else:
-            hint = f"cannot reach {pg_cfg.host}:{pg_cfg.port}: {text.strip().splitlines()[-1][:300]}"
+            hint = f"cannot reach {pg_cfg.host}:{pg_cfg.port}: {redact(text.strip().splitlines()[-1][:300])}"
         return [f"postgres: {hint}"]
     problems = []
     ledger = Ledger(pg_cfg.ledger_schema)
@@ -89,4 +89,4 @@ def _check_postgres(cfg: SourceConfig) -> list[str]:
 
 
 def _first_line(exc: Any) -> str:
-    return str(exc).strip().splitlines()[0][:300]
+    return outside(exc, 300)

@@ -80,7 +80,9 @@ class RunOutcome:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-Event = RunStart | RunPlan | ChunkResult | PublishResult | str
+# Events, by kind: start (RunStart), plan (RunPlan), chunk_start (Chunk), chunk (ChunkResult), error (str),
+# published (PublishResult), publish_refused (str), stopping (str: the reason).
+Event = RunStart | RunPlan | Chunk | ChunkResult | PublishResult | str
 Progress = Callable[[str, Any], None]
 
 
@@ -170,17 +172,18 @@ def _copy_chunks(
     try:
         with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix=f"copy-{cfg.name}") as pool:
             while pending or in_flight:
-                while pending and len(in_flight) < cfg.workers and not stop.is_set() and lock.verify():
-                    chunk = pending.pop()
-                    in_flight[pool.submit(work, chunk)] = chunk
-                if not in_flight:
-                    break
                 if stop.is_set() and not interrupted:
                     interrupted = True
                     notify("stopping", stop.reason)
                     with guard_lock:
                         for worker in workers:
                             worker.interrupt()  # in-flight statements end now, unless committing
+                while pending and len(in_flight) < cfg.workers and not stop.is_set() and lock.verify():
+                    chunk = pending.pop()
+                    in_flight[pool.submit(work, chunk)] = chunk
+                    notify("chunk_start", chunk)
+                if not in_flight:
+                    break
                 done, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     chunk = in_flight.pop(future)

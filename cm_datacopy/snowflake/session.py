@@ -16,6 +16,7 @@ from typing import Any
 
 from cm_datacopy.config import SnowflakeConfig
 from cm_datacopy.errors import ConnectionCheckError
+from cm_datacopy.redact import outside
 
 
 def pinned_session_parameters(cfg: SnowflakeConfig, query_tag: str) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def describe_connect_error(exc: Exception, cfg: SnowflakeConfig) -> str:
         return f"Snowflake refused user {cfg.user!r}: wrong user or password (check {cfg.password_env or 'the key'})"
     if "JWT" in text or "private key" in text.lower():
         return f"Snowflake refused key-pair login for {cfg.user!r}: check the key file and its passphrase"
-    return f"cannot reach Snowflake at {where}: {type(exc).__name__}: {text.splitlines()[0][:300]}"
+    return f"cannot reach Snowflake at {where}: {type(exc).__name__}: {outside(exc, 300)}"
 
 
 class Session:

