@@ -110,11 +110,15 @@ def read_batches(session: Session, scan: Scan, columns: list[ColumnPlan]) -> Ite
     outside 1677–2262 with sub-microsecond digits do not overflow the connector's nanosecond conversion.
     """
     statement, params = scan.select_sql(columns)
-    cur = session.execute(statement, params)
-    return _batches(cur)
+    return arrow_batches(session.execute(statement, params))
 
 
-def _batches(cur: Any) -> Iterator[pa.RecordBatch]:
+def arrow_batches(cur: Any) -> Iterator[pa.RecordBatch]:
+    """A query's result as Arrow record batches, converted as every copied row is (see ``read_batches``).
+
+    Batches of one result may differ in type (Snowflake sizes each result chunk's integers by its values:
+    int16 in one, int32 in the next), so they are used one by one, never concatenated uncast.
+    """
     for table in cur.fetch_arrow_batches(force_microsecond_precision=True):
         yield from table.to_batches()
 
