@@ -12,8 +12,11 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import pyarrow as pa
 import pytest
 
+from cm_datacopy.snowflake.scan import select_expr
+from cm_datacopy.typeplan import ColumnPlan
 from cm_datacopy_tests.helpers import cli, pg_rows, sf_execute, write_config
 
 UTC = dt.UTC
@@ -190,3 +193,49 @@ def test_results_arrived_as_snowflake_sends_them(copied):
     [(chunks,)] = pg_rows(pg, "SELECT count(*) FROM migration_status.migration_chunk_status")
     assert after.get("chunked_results", 0) - before.get("chunked_results", 0) >= chunks
     assert after.get("chunks_served", 0) - before.get("chunks_served", 0) >= chunks
+
+
+def _connector_reads(field: pa.Field, array: pa.Array) -> pa.Array:
+    """What the installed connector makes of one Snowflake result chunk (its own converter, as fetch_arrow_batches)."""
+    from snowflake.connector.arrow_context import ArrowConverterContext
+    from snowflake.connector.constants import IterUnit
+    from snowflake.connector.result_batch import _create_nanoarrow_iterator
+
+    schema = pa.schema([field])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(pa.record_batch([array], schema=schema))
+    iterator = _create_nanoarrow_iterator(
+        sink.getvalue().to_pybytes(),
+        ArrowConverterContext({"TIMEZONE": "UTC"}),
+        False,
+        False,
+        True,
+        IterUnit.TABLE_UNIT,
+        True,
+        True,  # force_microsecond_precision, as scan.arrow_batches
+    )
+    return pa.concat_tables(list(iterator)).column(0).combine_chunks()
+
+
+def test_timestamps_are_read_at_scale_9_because_scaled_int64_is_misread():
+    """Why ``select_expr`` casts timestamps to scale 9: a TIMESTAMP_NTZ(7) chunk as a scaled int64
+    comes out of the connector (with force_microsecond_precision) as nanoseconds labelled microseconds,
+    while the scale-9 struct Snowflake sends for the cast comes out exact."""
+    meta = {"logicalType": "TIMESTAMP_NTZ", "precision": "0", "physicalType": "SB8", "charLength": "0"}
+    scaled = _connector_reads(
+        pa.field("T", pa.int64(), metadata={**meta, "scale": "7", "byteLength": "8"}), pa.array([17041124961234567])
+    )
+    assert scaled.type == pa.timestamp("us")
+    assert scaled.cast(pa.int64()).to_pylist() == [1704112496123456700]  # 1000 times the right value
+    struct = pa.StructArray.from_arrays(
+        [pa.array([1704112496]), pa.array([123456700], pa.int32())],
+        fields=[pa.field("epoch", pa.int64(), nullable=False), pa.field("fraction", pa.int32(), nullable=False)],
+    )
+    exact = _connector_reads(
+        pa.field("T", struct.type, metadata={**meta, "physicalType": "SB16", "scale": "9", "byteLength": "16"}),
+        struct,
+    )
+    assert exact.to_pylist() == [dt.datetime(2024, 1, 1, 12, 34, 56, 123456)]
+    columns = [ColumnPlan("T", "t", kind, "timestamp", True) for kind in ("TIMESTAMP_NTZ", "TIMESTAMP_TZ")]
+    assert [select_expr(c) for c in columns] == ['CAST("T" AS TIMESTAMP_NTZ(9))', 'CAST("T" AS TIMESTAMP_TZ(9))']

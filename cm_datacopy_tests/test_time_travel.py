@@ -49,7 +49,7 @@ def test_every_read_of_a_chunk_is_at_the_run_start():
     at_where = 'FROM "DB"."PUBLIC"."EVENTS" AT(TIMESTAMP => CAST(? AS TIMESTAMP_TZ)) WHERE "ID" >= ? AND "ID" < ?'
 
     rows, row_params = scan.select_sql(columns)
-    assert rows == f'SELECT "ID", "AT" {at_where}'
+    assert rows == f'SELECT "ID", CAST("AT" AS TIMESTAMP_TZ(9)) AS "AT" {at_where}'
     sums, sum_params = checksum.snowflake_checksum_sql(scan, columns, "snowflake")
     assert sums.startswith("SELECT COUNT(*), COALESCE(SUM(TO_NUMBER(SUBSTR(MD5(") and sums.endswith(at_where)
     assert "'XXXXXXXXXXXXXXX'" in sums and "CONVERT_TIMEZONE('UTC', \"AT\")::TIMESTAMP_NTZ" in sums

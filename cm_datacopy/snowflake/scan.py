@@ -74,6 +74,12 @@ def select_expr(col: ColumnPlan) -> str:
     if col.snowflake_type in ("GEOGRAPHY", "GEOMETRY"):
         # PostGIS parses EWKT ('SRID=4326;POINT(…)'); jsonb takes GeoJSON.
         return f"ST_ASGEOJSON({c})" if col.pg_type == "jsonb" else f"ST_ASEWKT({c})"
+    if col.snowflake_type in ("TIMESTAMP_NTZ", "TIMESTAMP_LTZ", "TIMESTAMP_TZ"):
+        # At scale 9 Snowflake sends {epoch, fraction[, timezone]} structs, which the connector truncates to
+        # microseconds exactly. A column declared with scale 7 or 8 may come as a scaled int64 (or a TZ
+        # struct of 8 bytes), which connector 4.x labels microseconds while it still holds nanoseconds
+        # under force_microsecond_precision.
+        return f"CAST({c} AS {col.snowflake_type}(9))"
     return c
 
 
@@ -99,7 +105,13 @@ class Scan:
 
     def select_sql(self, columns: list[ColumnPlan]) -> tuple[str, list[Any]]:
         from_where, params = self.from_where()
-        return f"SELECT {', '.join(select_expr(c) for c in columns)} {from_where}", params
+        return f"SELECT {', '.join(_named(select_expr(c), c) for c in columns)} {from_where}", params
+
+
+def _named(expr: str, col: ColumnPlan) -> str:
+    """A column read through an expression keeps its name."""
+    c = sf_ident(col.source_name)
+    return expr if expr == c else f"{expr} AS {c}"
 
 
 def read_batches(session: Session, scan: Scan, columns: list[ColumnPlan]) -> Iterator[pa.RecordBatch]:
