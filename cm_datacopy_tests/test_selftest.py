@@ -136,5 +136,29 @@ def test_an_expression_snowflake_refuses_is_named(source, monkeypatch):
     _break(monkeypatch, "timestamptz", snowflake="NO_SUCH_FUNCTION({c})")
     with psycopg.connect(**pg) as conn, pytest.raises(selftest.SelfTestError) as refused:
         resume.start_or_resume(cfg, conn)
-    assert "Snowflake refused TIMESTAMP_TZ (PostgreSQL timestamp with time zone)" in str(refused.value)
+    assert "Snowflake cannot write or deliver TIMESTAMP_TZ (PostgreSQL timestamp with time zone)" in str(refused.value)
+    assert "no_such_function" in str(refused.value).lower()
     assert _written(pg) == []
+
+
+def test_a_delivery_problem_is_caught_too(snowflake_server, source, monkeypatch):
+    """Values go through the copy path: a session without exact decimals is refused, naming the type."""
+    import snowflake.connector
+
+    real_connect = snowflake.connector.connect
+
+    def floats_for_decimals(**kwargs):
+        kwargs.pop("arrow_number_to_decimal", None)  # NUMBER(p,s>0) then arrives as float64
+        return real_connect(**kwargs)
+
+    monkeypatch.setattr(snowflake.connector, "connect", floats_for_decimals)
+    cfg, pg = source
+    decimals = [c for c in _columns() if c.snowflake_type == "NUMBER(18,4)"]
+    with (
+        sf_session.connect(cfg.snowflake) as sf,
+        psycopg.connect(**pg) as conn,
+        pytest.raises(selftest.SelfTestError) as refused,
+    ):
+        selftest.check(sf, conn, decimals)
+    assert "NUMBER(18,4) (PostgreSQL numeric(18,4)): PostgreSQL cannot read the values" in str(refused.value)
+    assert "numeric field overflow" in str(refused.value)  # -99999999999999.9999 arrived as -1e+14

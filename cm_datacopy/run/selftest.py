@@ -27,7 +27,7 @@ from cm_datacopy import checksum
 from cm_datacopy.errors import PlanError
 from cm_datacopy.postgres.encoder import CsvEncoder
 from cm_datacopy.snowflake.scan import arrow_batches, select_expr
-from cm_datacopy.snowflake.session import Session
+from cm_datacopy.snowflake.session import Session, is_retryable_error
 from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.typeplan import ColumnPlan
 
@@ -225,14 +225,16 @@ def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPla
         return
     try:
         snowflake = _snowflake_side(session, probes)
-    except Exception as exc:  # name the type whose expression the server refused
-        raise SelfTestError(_refused_by_snowflake(session, probes, exc)) from None
+    except Exception as exc:
+        if is_retryable_error(exc):  # the network or the session, not the SQL: the caller retries
+            raise
+        raise SelfTestError(_refused(session, probes, exc)) from None
     problems = []
     for probe, rendered in zip(probes, snowflake, strict=True):
         literals = [*probe.values, *[None] * (len(rendered) - len(probe.values))]
         try:
             theirs = _postgres_side(pg, probe, [r.value for r in rendered])
-        except psycopg.Error as exc:
+        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
             problems.append(f"{probe.label}: PostgreSQL cannot read the values Snowflake delivers: {_first_line(exc)}")
             continue
         for literal, ours, (text, number) in zip(literals, rendered, theirs, strict=True):
@@ -256,14 +258,15 @@ def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPla
         )
 
 
-def _refused_by_snowflake(session: Session, probes: list[_Probe], exc: Exception) -> str:
+def _refused(session: Session, probes: list[_Probe], exc: Exception) -> str:
+    """Snowflake refused the query, or its result could not be read: find the type, one query each."""
     for probe in probes:
-        statement, params = _snowflake_sql([probe], session.dialect)
         try:
-            session.execute(statement, params).fetchall()
+            _snowflake_side(session, [probe])
         except Exception as each:
             return (
-                f"checksum self-test failed before any row moved: Snowflake refused {probe.label}: {_first_line(each)}"
+                f"checksum self-test failed before any row moved: Snowflake cannot write or deliver {probe.label}: "
+                f"{_first_line(each)}"
             )
     return f"checksum self-test failed before any row moved: {_first_line(exc)}"
 
