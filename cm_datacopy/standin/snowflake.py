@@ -28,12 +28,13 @@ makes the wire format look like real Snowflake's, so the connector's own convers
   Arrow IPC stream of several record batches, gzip-compressed, protected by ``qrmk`` SSE-C
   headers) that the connector downloads from this server, as it downloads them from cloud storage.
 * A per-query delay (``/* standin:delay=SECONDS */`` in the SQL text, or
-  ``CM_DATACOPY_STANDIN_QUERY_DELAY``) with cancellation through ``abort-request`` (error 000604
+  ``CM_DATACOPY_STANDIN_QUERY_DELAY`` for the statements matching ``CM_DATACOPY_STANDIN_DELAY_MATCH``;
+  ``FaithfulSettings`` for :func:`start`) with cancellation through ``abort-request`` (error 000604
   "SQL execution canceled"), and Snowflake's "query in progress" protocol: a query still running
   after ``CM_DATACOPY_STANDIN_PROGRESS_AFTER`` seconds (default 45) is answered with code 333333
   and a ``getResultUrl`` the connector polls, so no single HTTP request outlives the socket timeout.
 
-Run it with ``python -m cm_datacopy.standin.snowflake --port 0 --port-file F [--faithful]``;
+Run it with ``python -m cm_datacopy.standin.snowflake --port 0 --port-file F [--no-faithful]``;
 stop it with SIGTERM. ``GET /standin/v1/stats`` reports what the stand-in saw (logins' session
 parameters, in-progress answers, aborts, chunk downloads).
 """
