@@ -69,9 +69,11 @@ CANONICAL: dict[str, Canonical] = {
     ),
     "decimal": Canonical(
         "[-]<integer part, at least one digit>.<exactly s digits>: PostgreSQL's numeric text; Snowflake "
-        "(and the stand-in) may print no leading zero ('.5'), so the integer part is written separately",
-        "IFF({c} < 0, '-', '') || TO_VARCHAR(FLOOR(ABS({c}))::NUMBER(38,0)) || '.' "
-        "|| RIGHT(TO_VARCHAR({c}::NUMBER({p},{s})), {s})",
+        "(and the stand-in) may print no leading zero ('.5'), so the sign, the integer part (0 when |x| < 1) "
+        "and the s fraction digits are written separately, from text: no arithmetic can overflow",
+        "IFF({c} < 0, '-', '') "
+        "|| IFF(ABS({c}) < 1, '0', SPLIT_PART(TO_VARCHAR(ABS({c})::NUMBER({p},{s})), '.', 1)) "
+        "|| '.' || RIGHT(TO_VARCHAR({c}::NUMBER({p},{s})), {s})",
         "{c}::numeric({p},{s})::text",
     ),
     "float": Canonical(

@@ -162,3 +162,11 @@ def test_a_delivery_problem_is_caught_too(snowflake_server, source, monkeypatch)
         selftest.check(sf, conn, decimals)
     assert "NUMBER(18,4) (PostgreSQL numeric(18,4)): PostgreSQL cannot read the values" in str(refused.value)
     assert "numeric field overflow" in str(refused.value)  # -99999999999999.9999 arrived as -1e+14
+
+
+def test_wide_decimals_pass(snowflake_server, source):
+    """Integer parts beyond 64 bits (the stand-in's NUMBER(38,0) is 64-bit) are written from text."""
+    cfg, pg = source
+    wide = [ColumnPlan(f"C{i}", f"c{i}", f"NUMBER(38,{s})", f"numeric(38,{s})", True) for i, s in enumerate((1, 6, 18))]
+    with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
+        selftest.check(sf, conn, wide)
