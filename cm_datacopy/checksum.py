@@ -4,16 +4,14 @@ Each column becomes text both databases produce identically for the same value; 
 a value is ``v<length>:<text>``; columns are joined by ``|``; the row's MD5 is cut to its first 15
 hex digits (60 bits) and summed. Equal sums and counts on both sides mean the chunk arrived intact.
 
-Canonical forms (the same on both sides by construction, checked by the tests on the stand-in):
+The canonical text of each kind of value is defined once, in ``CANONICAL`` below: its meaning, and the
+expression that writes it in Snowflake and in PostgreSQL. The two expressions must agree on every
+value; ``run/selftest.py`` checks that they do on edge values of every planned type before a run
+moves a row, on whatever server the run talks to.
 
-- integers and NUMBER(p,s): the decimal text at the planned scale (``1.2300``);
-- FLOAT: ``floor(x * 10^6)`` as an integer for ``|x| < 10^9`` (exact in both), ``nan``/``inf``/``-inf``,
-  and only the sign beyond ``10^9``: floats are verified to 10^-6 absolute;
-- DATE: days since 1970-01-01; TIME: microseconds since midnight; TIMESTAMP_*: microseconds since
-  the epoch (UTC for TZ/LTZ), so zones and formats cannot differ;
-- BINARY: lower-case hex; BOOLEAN: ``true``/``false``; text as is;
-- VARIANT/OBJECT/ARRAY/GEOGRAPHY/GEOMETRY: NULL-ness only (jsonb normalises key order and spacing, so their
-  text cannot match; their values are checked by the type fidelity tests).
+Values are compared as PostgreSQL holds them: timestamps and times to the microsecond, digits below
+it **truncated** on both sides (Snowflake's ``DATEDIFF(microsecond, …)`` ignores them, and the
+connector's ``force_microsecond_precision`` drops them before PostgreSQL sees the value).
 
 Real Snowflake turns hex into a number with ``TO_NUMBER(h, 'XXX…')``; the stand-in (DuckDB) only
 knows ``('0x' || h)::NUMBER``: which one is used depends on what the server is (``Session.dialect``).
@@ -46,81 +44,149 @@ class Checksum:
         return f"{self.rows} rows, checksum {self.checksum}"
 
 
-def _sf_text(col: ColumnPlan, nul_replacement: str | None) -> str:
-    c = sf_ident(col.source_name)
-    pg = col.pg_type
-    if pg in _INT_TYPES:
-        return f"TO_VARCHAR({c})"
-    if pg.startswith("numeric("):
-        p, s = pg[len("numeric(") : -1].split(",")
-        return f"TO_VARCHAR({c}::NUMBER({p},{s}))"
-    if pg == "double precision":
-        return (
-            f"IFF({c} = 'NaN'::FLOAT, 'nan', IFF({c} = 'inf'::FLOAT, 'inf', IFF({c} = '-inf'::FLOAT, '-inf', "
-            f"IFF(ABS({c}) < 1e9, TO_VARCHAR(FLOOR({c} * 1000000::FLOAT)::NUMBER(38,0)), "
-            f"IFF({c} > 0, 'big', '-big')))))"
-        )
-    if pg == "boolean":
-        return f"IFF({c}, 'true', 'false')"
-    if pg == "date":
-        return f"TO_VARCHAR(DATEDIFF(day, '1970-01-01'::DATE, {c}))"
-    if pg == "time without time zone":
-        return f"TO_VARCHAR(DATEDIFF(microsecond, TIME_FROM_PARTS(0, 0, 0), {c}))"
-    if pg == "timestamp without time zone":
-        return f"TO_VARCHAR(DATEDIFF(microsecond, '1970-01-01'::DATE, {c}))"
-    if pg == "timestamp with time zone":
-        return f"TO_VARCHAR(DATEDIFF(microsecond, '1970-01-01 00:00:00 +00:00'::TIMESTAMP_TZ, {c}))"
-    if pg == "bytea":
-        return f"LOWER(HEX_ENCODE({c}))"
-    if pg in ("jsonb", "geography", "geometry"):
-        return "'j'"
-    if nul_replacement is not None:
-        return f"REPLACE({c}, CHR(0), {sf_string(nul_replacement)})"
-    return c
+@dataclass(frozen=True)
+class Canonical:
+    """One kind of value: what its canonical text is, and how each database writes it.
+
+    The expressions are templates: ``{c}`` is the column, ``{p}``/``{s}`` a decimal's precision and scale.
+    """
+
+    meaning: str
+    snowflake: str
+    postgres: str
 
 
-def _pg_text(col: ColumnPlan) -> sql.Composable:
-    c = BoundIdentifier(col.target_name)  # checksum statements always carry parameters
+# Epoch microseconds of a TIMESTAMP_NTZ: DATEDIFF counts unit boundaries, so digits below the microsecond
+# are ignored (truncated), as the copy path truncates them.
+_SF_EPOCH_US = "TO_VARCHAR(DATEDIFF(microsecond, '1970-01-01 00:00:00'::TIMESTAMP_NTZ, {ntz}))"
+_PG_EPOCH_US = "(extract(epoch FROM {c}) * 1000000)::numeric(38,0)::text"
+
+CANONICAL: dict[str, Canonical] = {
+    "integer": Canonical(
+        "the integer in decimal digits, '-' first when negative",
+        "TO_VARCHAR({c})",
+        "{c}::text",
+    ),
+    "decimal": Canonical(
+        "[-]<integer part, at least one digit>.<exactly s digits>: PostgreSQL's numeric text; Snowflake "
+        "(and the stand-in) may print no leading zero ('.5'), so the sign, the integer part (0 when |x| < 1) "
+        "and the s fraction digits are written separately, from text: no arithmetic can overflow",
+        "IFF({c} < 0, '-', '') "
+        "|| IFF(ABS({c}) < 1, '0', SPLIT_PART(TO_VARCHAR(ABS({c})::NUMBER({p},{s})), '.', 1)) "
+        "|| '.' || RIGHT(TO_VARCHAR({c}::NUMBER({p},{s})), {s})",
+        "{c}::numeric({p},{s})::text",
+    ),
+    "float": Canonical(
+        "floor(x * 10^6) as an integer for |x| < 10^9 (exact in both), nan/inf/-inf, and only the sign "
+        "beyond 10^9 (big/-big): floats are verified to 10^-6 absolute",
+        "IFF({c} = 'NaN'::FLOAT, 'nan', IFF({c} = 'inf'::FLOAT, 'inf', IFF({c} = '-inf'::FLOAT, '-inf', "
+        "IFF(ABS({c}) < 1e9, TO_VARCHAR(FLOOR({c} * 1000000::FLOAT)::NUMBER(38,0)), "
+        "IFF({c} > 0, 'big', '-big')))))",
+        "CASE WHEN {c} = 'NaN' THEN 'nan' WHEN {c} = 'Infinity' THEN 'inf' WHEN {c} = '-Infinity' THEN '-inf' "
+        "WHEN abs({c}) < 1e9 THEN floor({c} * 1000000::float8)::numeric(38,0)::text "
+        "WHEN {c} > 0 THEN 'big' ELSE '-big' END",
+    ),
+    "boolean": Canonical(
+        "true or false",
+        "IFF({c}, 'true', 'false')",
+        "CASE WHEN {c} THEN 'true' ELSE 'false' END",
+    ),
+    "date": Canonical(
+        "days since 1970-01-01",
+        "TO_VARCHAR(DATEDIFF(day, '1970-01-01'::DATE, {c}))",
+        "({c} - date '1970-01-01')::text",
+    ),
+    "time": Canonical(
+        "microseconds since midnight, digits below truncated",
+        "TO_VARCHAR(DATEDIFF(microsecond, TIME_FROM_PARTS(0, 0, 0), {c}))",
+        _PG_EPOCH_US,
+    ),
+    "timestamp": Canonical(
+        "microseconds since 1970-01-01 00:00:00 of the wall clock, digits below truncated",
+        _SF_EPOCH_US.format(ntz="{c}"),
+        _PG_EPOCH_US,
+    ),
+    "timestamptz": Canonical(
+        "microseconds of the instant since 1970-01-01 00:00:00 UTC, digits below truncated; Snowflake "
+        "converts the value to UTC first, so its own offset cannot take part in the arithmetic",
+        _SF_EPOCH_US.format(ntz="CONVERT_TIMEZONE('UTC', {c})::TIMESTAMP_NTZ"),
+        _PG_EPOCH_US,
+    ),
+    "binary": Canonical("lower-case hex", "LOWER(HEX_ENCODE({c}))", "encode({c}, 'hex')"),
+    "text": Canonical("the text itself", "{c}", "{c}"),
+    "json": Canonical(
+        "NULL-ness only (jsonb normalises key order and spacing, so the texts cannot match; values are "
+        "checked by the type fidelity tests)",
+        "'j'",
+        "'j'",
+    ),
+}
+
+
+def canonical_kind(col: ColumnPlan) -> str:
+    """Which ``CANONICAL`` entry writes a column, by its PostgreSQL type."""
     pg = col.pg_type
-    if pg in _INT_TYPES:
-        return sql.SQL("{}::text").format(c)
+    if pg in _INT_TYPES or (pg.startswith("numeric(") and pg.endswith(",0)")):
+        return "integer"
     if pg.startswith("numeric("):
-        return sql.SQL("{}::" + pg + "::text").format(c)  # pg comes from typeplan's closed list
-    if pg == "double precision":
-        return sql.SQL(
-            "CASE WHEN {c} = 'NaN' THEN 'nan' WHEN {c} = 'Infinity' THEN 'inf' WHEN {c} = '-Infinity' THEN '-inf' "
-            "WHEN abs({c}) < 1e9 THEN floor({c} * 1000000::float8)::numeric(38,0)::text "
-            "WHEN {c} > 0 THEN 'big' ELSE '-big' END"
-        ).format(c=c)
-    if pg == "boolean":
-        return sql.SQL("CASE WHEN {} THEN 'true' ELSE 'false' END").format(c)
-    if pg == "date":
-        return sql.SQL("({} - date '1970-01-01')::text").format(c)
-    if pg in ("time without time zone", "timestamp without time zone", "timestamp with time zone"):
-        return sql.SQL("(extract(epoch FROM {}) * 1000000)::numeric(38,0)::text").format(c)
-    if pg == "bytea":
-        return sql.SQL("encode({}, 'hex')").format(c)
-    if pg in ("jsonb", "geography", "geometry"):
-        return sql.SQL("'j'")
-    return c
+        return "decimal"
+    return {
+        "double precision": "float",
+        "boolean": "boolean",
+        "date": "date",
+        "time without time zone": "time",
+        "timestamp without time zone": "timestamp",
+        "timestamp with time zone": "timestamptz",
+        "bytea": "binary",
+        "jsonb": "json",
+        "geography": "json",
+        "geometry": "json",
+    }.get(pg, "text")
+
+
+def _precision_scale(col: ColumnPlan) -> tuple[int, int]:
+    if not col.pg_type.startswith("numeric("):
+        return 0, 0
+    p, s = col.pg_type[len("numeric(") : -1].split(",")
+    return int(p), int(s)
+
+
+def snowflake_text(col: ColumnPlan, nul_replacement: str | None = None, column: str | None = None) -> str:
+    """Snowflake's canonical text of a (non-NULL) value of ``col``; ``column``: another expression for it."""
+    kind = canonical_kind(col)
+    c = column or sf_ident(col.source_name)
+    if kind == "text" and nul_replacement is not None:
+        c = f"REPLACE({c}, CHR(0), {sf_string(nul_replacement)})"
+    p, s = _precision_scale(col)
+    return CANONICAL[kind].snowflake.format(c=c, p=p, s=s)
+
+
+def postgres_text(col: ColumnPlan, column: sql.Composable | None = None) -> sql.Composable:
+    """PostgreSQL's canonical text of a (non-NULL) value of ``col``."""
+    p, s = _precision_scale(col)
+    template = CANONICAL[canonical_kind(col)].postgres.format(c="{c}", p=p, s=s)  # p, s: integers
+    return sql.SQL(template).format(c=column or BoundIdentifier(col.target_name))  # statements carry parameters
+
+
+def snowflake_cell(col: ColumnPlan, nul_replacement: str | None = None, column: str | None = None) -> str:
+    c = column or sf_ident(col.source_name)
+    t = snowflake_text(col, nul_replacement, c)
+    return f"IFF({c} IS NULL, 'n', 'v' || LENGTH({t}) || ':' || {t})"
+
+
+def postgres_cell(col: ColumnPlan, column: sql.Composable | None = None) -> sql.Composable:
+    c = column or BoundIdentifier(col.target_name)
+    return sql.SQL("CASE WHEN {c} IS NULL THEN 'n' ELSE 'v' || length({t}) || ':' || {t} END").format(
+        c=c, t=postgres_text(col, c)
+    )
 
 
 def snowflake_row_text(columns: list[ColumnPlan], nul_replacement: str | None = None) -> str:
-    parts = []
-    for col in columns:
-        t = _sf_text(col, nul_replacement)
-        parts.append(f"IFF({sf_ident(col.source_name)} IS NULL, 'n', 'v' || LENGTH({t}) || ':' || {t})")
-    return " || '|' || ".join(parts)
+    return " || '|' || ".join(snowflake_cell(col, nul_replacement) for col in columns)
 
 
 def postgres_row_text(columns: list[ColumnPlan]) -> sql.Composable:
-    parts = [
-        sql.SQL("CASE WHEN {c} IS NULL THEN 'n' ELSE 'v' || length({t}) || ':' || {t} END").format(
-            c=BoundIdentifier(col.target_name), t=_pg_text(col)
-        )
-        for col in columns
-    ]
-    return sql.SQL(" || '|' || ").join(parts)
+    return sql.SQL(" || '|' || ").join(postgres_cell(col) for col in columns)
 
 
 HEX_TO_NUMBER = {
@@ -129,13 +195,22 @@ HEX_TO_NUMBER = {
 }
 
 
+def snowflake_hash(text: str, dialect: str) -> str:
+    """The number a row's text adds to Snowflake's sum: its MD5's first 60 bits."""
+    return HEX_TO_NUMBER[dialect].format(h=f"SUBSTR(MD5({text}), 1, {_HEX_DIGITS})")
+
+
+def postgres_hash(text: sql.Composable) -> sql.Composable:
+    return sql.SQL("('x' || substr(md5({}), 1, {}))::bit({})::bigint").format(
+        text, sql.Literal(_HEX_DIGITS), sql.Literal(_HEX_DIGITS * 4)
+    )
+
+
 def snowflake_checksum_sql(
     scan: Scan, columns: list[ColumnPlan], dialect: str = "snowflake", nul_replacement: str | None = None
 ) -> tuple[str, list[Any]]:
     from_where, params = scan.from_where()
-    number = HEX_TO_NUMBER[dialect].format(
-        h=f"SUBSTR(MD5({snowflake_row_text(columns, nul_replacement)}), 1, {_HEX_DIGITS})"
-    )
+    number = snowflake_hash(snowflake_row_text(columns, nul_replacement), dialect)
     return f"SELECT COUNT(*), COALESCE(SUM({number}), 0) {from_where}", params
 
 
@@ -148,15 +223,8 @@ def snowflake_checksum(
 
 
 def postgres_checksum_sql(table: sql.Identifier, columns: list[ColumnPlan], where: sql.Composable) -> sql.Composable:
-    return sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5({row}), 1, {n}))::bit({bits})::bigint), 0) "
-        "FROM {table} WHERE {where}"
-    ).format(
-        row=postgres_row_text(columns),
-        n=sql.Literal(_HEX_DIGITS),
-        bits=sql.Literal(_HEX_DIGITS * 4),
-        table=BoundIdentifier(*table._obj),
-        where=where,
+    return sql.SQL("SELECT count(*), coalesce(sum({number}), 0) FROM {table} WHERE {where}").format(
+        number=postgres_hash(postgres_row_text(columns)), table=BoundIdentifier(*table._obj), where=where
     )
 
 

@@ -16,7 +16,11 @@ from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, fresh_pg_database,
 
 @pytest.fixture(scope="session")
 def snowflake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[standin.StandinSnowflake]:
-    """fakesnow in server mode, in its own process; the real connector talks to it over HTTP."""
+    """fakesnow in server mode, in its own process; the real connector talks to it over HTTP.
+
+    Faithful mode (results shaped as real Snowflake sends them) unless the suite runs with
+    ``CM_DATACOPY_STANDIN_FAITHFUL=0`` (fakesnow's own shapes, "legacy").
+    """
     password = secrets.token_urlsafe(12)
     os.environ[SNOWFLAKE_PASSWORD_ENV] = password
     with standin.running(password, tmp_path_factory.mktemp("fakesnow")) as where:

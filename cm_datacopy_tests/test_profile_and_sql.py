@@ -117,6 +117,6 @@ def test_spatial_columns_sql(postgis, pg_type, select):
     (col,) = plan_columns([("SHAPE", "GEOGRAPHY", None, None, None, "YES")], postgis=postgis)
     assert col.pg_type == pg_type and select_expr(col) == select
     statement, _ = Scan('"DB"."PUBLIC"."T"', None, plan_chunks("s.t", None, None, [])[0]).select_sql([col])
-    assert statement == f'SELECT {select} FROM "DB"."PUBLIC"."T" WHERE TRUE'
+    assert statement == f'SELECT {select} AS "SHAPE" FROM "DB"."PUBLIC"."T" WHERE TRUE'
     (geom,) = plan_columns([("G", "GEOMETRY", None, None, None, "YES")], postgis=postgis)
     assert geom.pg_type == ("geometry" if postgis else "jsonb")

@@ -1,6 +1,8 @@
 """Type fidelity matrix: one table per Snowflake type with edge values, copied and compared value by value.
 
-Values go through the real path: Snowflake stand-in → Arrow → COPY → PostgreSQL. Where the stand-in
+Values go through the real path: Snowflake stand-in → Arrow → COPY → PostgreSQL; the stand-in sends
+them in real Snowflake's result shapes (faithful mode). Digits below the microsecond are truncated on
+both sides (the Snowflake side is read with the connector's row path, which truncates). Where the stand-in
 cannot hold a value (NUMBER(38,0) beyond int64: it stores BIGINT), the Arrow → COPY path is fed
 the value directly.
 """
@@ -34,6 +36,7 @@ MATRIX: dict[str, tuple[str, list[str], str]] = {
         "numeric",
     ),
     "NUM18_4": ("NUMBER(18,4)", ["-99999999999999.9999", "0.0001", "NULL"], "numeric"),
+    "NUM_P_P": ("NUMBER(5,5)", ["0.5", "-0.99999", "0.00001", "0", "NULL"], "numeric"),
     "SMALL": ("NUMBER(4,0)", ["-9999", "9999", "NULL"], "smallint"),
     "FLOATS": (
         "FLOAT",
@@ -87,6 +90,8 @@ MATRIX: dict[str, tuple[str, list[str], str]] = {
             "'1969-12-31 23:59:59.999999'::TIMESTAMP_NTZ",
             "'2024-03-10 02:30:00'::TIMESTAMP_NTZ",
             "'9999-12-31 23:59:59.999999'::TIMESTAMP_NTZ",
+            "'2300-12-31 23:59:59.999999999'::TIMESTAMP_NTZ",
+            "'1600-01-01 00:00:00.000000001'::TIMESTAMP_NTZ",
             "NULL",
         ],
         "timestamp without time zone",
@@ -100,6 +105,7 @@ MATRIX: dict[str, tuple[str, list[str], str]] = {
             "'2024-11-03 01:30:00 -08:00'::TIMESTAMP_TZ",
             "'1900-01-01 00:00:00 +05:30'::TIMESTAMP_TZ",
             "'1969-07-20 20:17:40.5 +00:00'::TIMESTAMP_TZ",
+            "'2024-06-01 10:00:00.999999999 -08:00'::TIMESTAMP_TZ",
             "NULL",
         ],
         "timestamp with time zone",

@@ -132,8 +132,11 @@ def classify(exc: BaseException, step: str | None = None) -> tuple[str, bool]:
         return f"{type(exc).__name__}{where}: {_first_line(exc)}", False
     module = type(exc).__module__
     if module.startswith("snowflake."):
+        from cm_datacopy.snowflake.catalog import describe_read_error
         from cm_datacopy.snowflake.session import is_retryable_error
 
+        if known := describe_read_error(exc):
+            return f"Snowflake{where}: {known}", False
         return f"Snowflake{where}: {_first_line(exc)}", is_retryable_error(exc)
     if isinstance(exc, (OSError, TimeoutError)):
         return f"{type(exc).__name__}{where}: {_first_line(exc)}", True

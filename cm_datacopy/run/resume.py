@@ -19,7 +19,7 @@ import psycopg
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.postgres import target
 from cm_datacopy.postgres.ledger import Ledger, RunEntry, TableEntry, new_run_id
-from cm_datacopy.run import publish
+from cm_datacopy.run import publish, selftest
 from cm_datacopy.run.plan import plan_tables
 from cm_datacopy.snowflake import session as sf_session
 from cm_datacopy.snowflake.catalog import snapshot_time, table_ref
@@ -77,8 +77,11 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     decision = decide(cfg, latest, no_resume=cfg.no_resume if no_resume is None else no_resume)
     if decision.run is not None:
         run_id = decision.run.run_id
+        resumed = ledger.table_entries(pg, run_id)
+        with sf_session.connect(cfg.snowflake, f"cm_datacopy source={cfg.name} run={run_id} step=selftest") as sf:
+            selftest.check(sf, pg, [col for entry in resumed for col in entry.columns])
         count = ledger.mark_resumed(pg, run_id)
-        publish.ensure_shadows(pg, ledger.table_entries(pg, run_id))
+        publish.ensure_shadows(pg, resumed)
         return RunStart(run_id, True, count, f"{decision.reason} (resume #{count})")
 
     run_id = new_run_id(cfg.name)
@@ -87,6 +90,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
             snapshot_time(sf, [table_ref(cfg.snowflake, t) for t in cfg.tables]) if cfg.snowflake.time_travel else None
         )
         plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail", blocking_only=True)
+        selftest.check(sf, pg, [col for plan in plans for col in plan.columns])
     ledger.ensure(pg)
     for plan in plans:
         target.ensure_table(

@@ -86,11 +86,12 @@ def snapshot_time(session: Session, refs: list[str]) -> dt.datetime | None:
     return now
 
 
-def describe_read_error(exc: BaseException, ref: str) -> str | None:
-    """A user's message for a Snowflake error while reading a run's chunk, where one exists."""
+def describe_read_error(exc: BaseException) -> str | None:
+    """A user's message for a Snowflake error while reading a run's chunk, where one exists (such an error is final)."""
     if is_time_travel_unavailable(exc):
         return (
-            f"{ref} has no Time Travel data at the run's start: the table was replaced since the run started "
-            "(e.g. CREATE OR REPLACE) or its retention expired; start a new run with --no-resume"
+            "source replaced since run start: Snowflake has no Time Travel data for the table at the run's start "
+            "(error 000707: the table was re-created, e.g. by CREATE OR REPLACE, or its retention expired); "
+            "this run cannot finish, run with --no-resume to start a new one"
         )
     return None

@@ -102,7 +102,7 @@ def _describe(cfg: SourceConfig, col: ColumnPlan, m: dict[str, Any]) -> ColumnPr
     if m.get("offsets"):
         p.facts.append(f"{m['offsets']:,} values carry a non-UTC offset: timestamptz keeps the instant, not the offset")
     if m.get("sub_us"):
-        p.facts.append(f"{m['sub_us']:,} values have sub-microsecond digits: PostgreSQL rounds them to microseconds")
+        p.facts.append(f"{m['sub_us']:,} values have sub-microsecond digits: they are truncated to microseconds")
     if any(v is None for k, v in m.items() if k not in ("max_length", "min", "max")):
         p.facts.append("some measures are not supported by this source")
     return p

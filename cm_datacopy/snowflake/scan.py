@@ -74,6 +74,12 @@ def select_expr(col: ColumnPlan) -> str:
     if col.snowflake_type in ("GEOGRAPHY", "GEOMETRY"):
         # PostGIS parses EWKT ('SRID=4326;POINT(…)'); jsonb takes GeoJSON.
         return f"ST_ASGEOJSON({c})" if col.pg_type == "jsonb" else f"ST_ASEWKT({c})"
+    if col.snowflake_type in ("TIMESTAMP_NTZ", "TIMESTAMP_LTZ", "TIMESTAMP_TZ"):
+        # At scale 9 Snowflake sends {epoch, fraction[, timezone]} structs, which the connector truncates to
+        # microseconds exactly. A column declared with scale 7 or 8 may come as a scaled int64 (or a TZ
+        # struct of 8 bytes), which connector 4.x labels microseconds while it still holds nanoseconds
+        # under force_microsecond_precision.
+        return f"CAST({c} AS {col.snowflake_type}(9))"
     return c
 
 
@@ -99,7 +105,13 @@ class Scan:
 
     def select_sql(self, columns: list[ColumnPlan]) -> tuple[str, list[Any]]:
         from_where, params = self.from_where()
-        return f"SELECT {', '.join(select_expr(c) for c in columns)} {from_where}", params
+        return f"SELECT {', '.join(_named(select_expr(c), c) for c in columns)} {from_where}", params
+
+
+def _named(expr: str, col: ColumnPlan) -> str:
+    """A column read through an expression keeps its name."""
+    c = sf_ident(col.source_name)
+    return expr if expr == c else f"{expr} AS {c}"
 
 
 def read_batches(session: Session, scan: Scan, columns: list[ColumnPlan]) -> Iterator[pa.RecordBatch]:
@@ -110,11 +122,15 @@ def read_batches(session: Session, scan: Scan, columns: list[ColumnPlan]) -> Ite
     outside 1677–2262 with sub-microsecond digits do not overflow the connector's nanosecond conversion.
     """
     statement, params = scan.select_sql(columns)
-    cur = session.execute(statement, params)
-    return _batches(cur)
+    return arrow_batches(session.execute(statement, params))
 
 
-def _batches(cur: Any) -> Iterator[pa.RecordBatch]:
+def arrow_batches(cur: Any) -> Iterator[pa.RecordBatch]:
+    """A query's result as Arrow record batches, converted as every copied row is (see ``read_batches``).
+
+    Batches of one result may differ in type (Snowflake sizes each result chunk's integers by its values:
+    int16 in one, int32 in the next), so they are used one by one, never concatenated uncast.
+    """
     for table in cur.fetch_arrow_batches(force_microsecond_precision=True):
         yield from table.to_batches()
 

@@ -1,0 +1,276 @@
+"""Before a run moves a row: do both databases write the same canonical text for what it will copy?
+
+The checksum compares texts written by two SQL dialects (``checksum.CANONICAL``). How a real account
+prints a decimal, converts an offset or drops a digit below the microsecond can only be seen on that
+account, so every run (new or resumed) asks it first. One Snowflake query casts text literals of edge
+values to every planned column type (full-scale NUMBER, NaN and ±inf, -0.0, sub-microsecond
+timestamps, +05:30 and -08:00 offsets, 0001-01-01, binary, unicode, NULL) and returns each value with
+its canonical cell text and that text's hash. The values then take the copy path — Arrow batches
+fetched as a chunk's rows are, each value encoded as COPY receives it — and PostgreSQL reads them
+with the planned types and writes its own text and hash. Any difference stops the run with one
+message naming the type and both texts. Nothing is written on either side.
+
+The stand-in holds NUMBER(38,0) as a 64-bit integer: there, integers beyond int64 are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from cm_datacopy import checksum
+from cm_datacopy.errors import PlanError
+from cm_datacopy.postgres.encoder import CsvEncoder
+from cm_datacopy.snowflake.scan import arrow_batches, select_expr
+from cm_datacopy.snowflake.session import Session, is_retryable_error
+from cm_datacopy.snowflake.sql import sf_ident
+from cm_datacopy.typeplan import ColumnPlan
+
+
+class SelfTestError(PlanError):
+    """The two databases write different canonical text for one planned type: chunks could never verify."""
+
+
+_TEXTS = [
+    "Zoë 🚀 日本語 ελληνικά",
+    "",
+    "quote ' \" , | : v1:n n",
+    "line1\nline2\r\n\ttab",
+    "back\\slash \\N",
+]
+_FLOATS = ["NaN", "inf", "-inf", "-0.0", "5e-324", "1.7976931348623157e308", "0.1", "-1e-7", "123456.7890123"]
+_DATES = ["0001-01-01", "9999-12-31", "1969-12-31", "2000-02-29"]
+_TIMES = ["00:00:00", "23:59:59.999999999", "12:00:00.0000005"]
+_NTZ = [
+    "0001-01-01T00:00:00",
+    "1600-01-01T00:00:00.123456789",
+    "1969-12-31T23:59:59.999999999",
+    "2024-03-10T02:30:00.0000005",
+    "2300-12-31T23:59:59.999999999",
+    "9999-12-31T23:59:59.999999",
+]
+_TZ = [
+    "2024-01-01T10:00:00.123456789+05:30",
+    "2024-06-01T10:00:00.999999999-08:00",
+    "0001-01-01T05:30:00+05:30",
+    "1650-07-01T12:00:00.999999999-08:00",
+    "1969-12-31T23:59:59.9999999+00:00",
+    "9999-12-31T15:59:59.999999-08:00",
+]
+_BINARY_HEX = ["", "00FF7F80", "5C78"]
+_JSON = ['{"k": "ü", "n": 1.5, "a": [1, null]}', '[1, "two", {"x": true}]']
+_SPATIAL = ["POINT(1 2)", "LINESTRING(0 0, 1 1)"]
+_INT64_MAX = 2**63 - 1
+
+
+def _number_bounds(snowflake_type: str) -> tuple[int, int]:
+    m = re.fullmatch(r"NUMBER\((\d+),(\d+)\)", snowflake_type)
+    assert m is not None, snowflake_type
+    return int(m.group(1)), int(m.group(2))
+
+
+def edge_values(col: ColumnPlan, dialect: str) -> list[str]:
+    """Text literals (Snowflake's AUTO input formats; hex for binary) of edge values of ``col``'s type."""
+    kind = checksum.canonical_kind(col)
+    if kind == "integer":
+        p, _ = _number_bounds(col.snowflake_type)
+        top = 10**p - 1 if dialect != "standin" else min(10**p - 1, _INT64_MAX)
+        return [str(top), str(-top), "0", "1"]
+    if kind == "decimal":
+        p, s = _number_bounds(col.snowflake_type)
+        full = ("9" * (p - s) or "0") + "." + "9" * s
+        tiny = "0." + "0" * (s - 1) + "1"
+        return [full, "-" + full, tiny, "-" + tiny, "0.5", "-0.5", "0"]
+    if kind == "text":
+        m = re.fullmatch(r"VARCHAR\((\d+)\)", col.snowflake_type)
+        limit = int(m.group(1)) if m else None
+        return [t[:limit] for t in _TEXTS]
+    return {
+        "float": _FLOATS,
+        "boolean": ["true", "false"],
+        "date": _DATES,
+        "time": _TIMES,
+        "timestamp": _NTZ,
+        "timestamptz": _TZ,
+        "binary": _BINARY_HEX,
+        "json": _SPATIAL if col.snowflake_type in ("GEOGRAPHY", "GEOMETRY") else _JSON,
+    }[kind]
+
+
+def _snowflake_value(col: ColumnPlan, text: str) -> str:
+    """The Snowflake expression turning a text literal into a value of ``col``'s type."""
+    t = col.snowflake_type
+    if t == "BINARY":
+        return f"TO_BINARY({text}, 'HEX')"
+    if t == "VARIANT":
+        return f"PARSE_JSON({text})"
+    if t in ("OBJECT", "ARRAY"):
+        return f"PARSE_JSON({text})::{t}"
+    if t in ("GEOGRAPHY", "GEOMETRY"):
+        return f"TO_{t}({text})"
+    return f"CAST({text} AS {t})"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """One planned type under test, as column ``C<i>``."""
+
+    column: ColumnPlan
+    values: list[str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.column.snowflake_type} (PostgreSQL {self.column.pg_type})"
+
+
+def _probes(columns: list[ColumnPlan], dialect: str) -> list[_Probe]:
+    kinds: dict[tuple[str, str, str], ColumnPlan] = {}
+    for col in columns:
+        kinds.setdefault((col.snowflake_type, col.pg_type, col.encoding), col)
+    return [
+        _Probe(replace(col, source_name=f"C{i}", target_name=f"c{i}", nullable=True), edge_values(col, dialect))
+        for i, col in enumerate(kinds.values())
+    ]
+
+
+def _snowflake_sql(probes: list[_Probe], dialect: str) -> tuple[str, list[Any]]:
+    """One query: each row an edge value per type (NULL once values run out, and a last row of NULLs)."""
+    rows = max(len(p.values) for p in probes) + 1
+    params: list[Any] = []
+    tuples = []
+    for r in range(rows):
+        cells = [str(r)]
+        for p in probes:
+            if r < len(p.values):
+                cells.append("?")
+                params.append(p.values[r])
+            else:
+                cells.append("NULL")
+        tuples.append(f"({', '.join(cells)})")
+    names = ", ".join(f"S{i}" for i in range(len(probes)))
+    casts = ", ".join(
+        f"{_snowflake_value(p.column, f'S{i}')} AS {sf_ident(p.column.source_name)}" for i, p in enumerate(probes)
+    )
+    outputs = ["ID"]
+    for i, p in enumerate(probes):
+        cell = checksum.snowflake_cell(p.column)
+        outputs += [
+            f"{select_expr(p.column)} AS {sf_ident(p.column.source_name)}",
+            f"{cell} AS T{i}",
+            f"{checksum.snowflake_hash(cell, dialect)} AS H{i}",
+        ]
+    statement = (
+        f"WITH v AS (SELECT ID, {casts} FROM (VALUES {', '.join(tuples)}) AS t(ID, {names})) "
+        f"SELECT {', '.join(outputs)} FROM v ORDER BY ID"
+    )
+    return statement, params
+
+
+def _csv_field(encoder: CsvEncoder, array: pa.Array) -> str | None:
+    """One value as COPY (FORMAT csv) receives it: an unquoted empty field is NULL."""
+    field = encoder.encode(pa.record_batch([array], names=["v"])).decode()
+    field = field[:-1] if field.endswith("\n") else field
+    if field.startswith('"') and field.endswith('"') and len(field) >= 2:
+        return field[1:-1].replace('""', '"')
+    return field or None
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    value: str | None  # the value as COPY receives it
+    text: str  # the canonical cell text
+    hash: int
+
+
+def _snowflake_side(session: Session, probes: list[_Probe]) -> list[list[_Rendered]]:
+    """Per type, per edge value: what Snowflake wrote, and the value as the copy path delivers it."""
+    statement, params = _snowflake_sql(probes, session.dialect)
+    encoders = [CsvEncoder([p.column]) for p in probes]
+    out: list[list[_Rendered]] = [[] for _ in probes]
+    for batch in arrow_batches(session.execute(statement, params)):
+        for i in range(len(probes)):
+            values, texts, hashes = (batch.column(1 + 3 * i + k) for k in range(3))
+            for r in range(batch.num_rows):
+                out[i].append(
+                    _Rendered(_csv_field(encoders[i], values.slice(r, 1)), texts[r].as_py(), int(hashes[r].as_py()))
+                )
+    return out
+
+
+def _postgres_side(pg: psycopg.Connection[Any], probe: _Probe, delivered: list[str | None]) -> list[tuple[str, int]]:
+    """PostgreSQL's canonical cell text and hash of each delivered value, read with the planned type."""
+    c = sql.Identifier("v")
+    cell = checksum.postgres_cell(probe.column, c)
+    rows = sql.SQL(", ").join(
+        sql.SQL("({}, CAST({} AS {}))").format(sql.Literal(i), sql.Placeholder(), sql.SQL(probe.column.pg_type))
+        for i in range(len(delivered))
+    )
+    statement = sql.SQL("SELECT {}, {} FROM (VALUES {}) AS t(i, v) ORDER BY i").format(
+        cell, checksum.postgres_hash(cell), rows
+    )
+    with pg.transaction(), pg.cursor() as cur:
+        cur.execute(statement, delivered)
+        return [(text, int(number)) for text, number in cur.fetchall()]
+
+
+def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan]) -> None:
+    """Stop the run (``SelfTestError``) if the databases write any planned type's edge values differently."""
+    probes = _probes(columns, session.dialect)
+    if not probes:
+        return
+    try:
+        snowflake = _snowflake_side(session, probes)
+    except Exception as exc:
+        if is_retryable_error(exc):  # the network or the session, not the SQL: the caller retries
+            raise
+        raise SelfTestError(_refused(session, probes, exc)) from None
+    problems = []
+    for probe, rendered in zip(probes, snowflake, strict=True):
+        literals = [*probe.values, *[None] * (len(rendered) - len(probe.values))]
+        try:
+            theirs = _postgres_side(pg, probe, [r.value for r in rendered])
+        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
+            problems.append(f"{probe.label}: PostgreSQL cannot read the values Snowflake delivers: {_first_line(exc)}")
+            continue
+        for literal, ours, (text, number) in zip(literals, rendered, theirs, strict=True):
+            shown = "NULL" if literal is None else repr(literal)
+            if ours.text != text:
+                problems.append(
+                    f"{probe.label}, value {shown}: Snowflake writes {ours.text!r}, PostgreSQL writes {text!r}"
+                )
+                break
+            if ours.hash != number:
+                problems.append(
+                    f"{probe.label}, value {shown}: both write {text!r} but hash it differently "
+                    f"(Snowflake {ours.hash}, PostgreSQL {number})"
+                )
+                break
+    if problems:
+        raise SelfTestError(
+            "checksum self-test failed before any row moved; chunks holding such values could never verify. "
+            + "; ".join(problems)
+            + ". Nothing was written: report this with the Snowflake and PostgreSQL versions"
+        )
+
+
+def _refused(session: Session, probes: list[_Probe], exc: Exception) -> str:
+    """Snowflake refused the query, or its result could not be read: find the type, one query each."""
+    for probe in probes:
+        try:
+            _snowflake_side(session, [probe])
+        except Exception as each:
+            return (
+                f"checksum self-test failed before any row moved: Snowflake cannot write or deliver {probe.label}: "
+                f"{_first_line(each)}"
+            )
+    return f"checksum self-test failed before any row moved: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__

@@ -1,0 +1,50 @@
+"""A chunk whose Snowflake query runs longer than 60 s still copies.
+
+Real warehouses queue, resume and scan: a chunk's query can take minutes. The connector cancels a
+query after ``network_timeout`` unless ``execute`` passes its own timeout, and Snowflake answers a
+long query with "in progress" (333333) that the connector polls. The stand-in delays the chunk's
+SELECT by 65 s and answers "in progress" after 45 s, as Snowflake does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from cm_datacopy.standin import snowflake as standin
+from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, cli, new_sf_database, pg_rows, sf_execute, write_config
+
+DELAY = 65
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_chunk_query_longer_than_60_seconds_completes(snowflake_server, pg_db, tmp_path):
+    settings = standin.FaithfulSettings(query_delay=DELAY, delay_match=r'^SELECT "ID", "BODY" FROM .*"SLOW"')
+    password = os.environ[SNOWFLAKE_PASSWORD_ENV]  # set by the snowflake_server fixture; the config reads it
+    with standin.running(password, tmp_path / "slow", faithful=True, settings=settings) as slow:
+        sf_db = new_sf_database(slow)
+        sf_execute(
+            slow,
+            sf_db,
+            "CREATE TABLE PUBLIC.SLOW AS SELECT seq8()::NUMBER(38,0) AS ID, 'row ' || seq8() AS BODY "
+            "FROM TABLE(GENERATOR(ROWCOUNT => 500))",
+        )
+        config = write_config(
+            tmp_path / "cm_datacopy.yaml", slow, sf_db, pg_db, [{"source": "SLOW", "target_schema": "copy"}]
+        )
+        started = time.monotonic()
+        result = cli(config, "run", "analytics", timeout=400)
+        elapsed = time.monotonic() - started
+        counters = slow.stats()["counters"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed >= DELAY
+    assert counters["delayed_queries"] == 1  # the chunk's SELECT, once: it was not cancelled and retried
+    assert counters["in_progress_answers"] >= 1  # the connector polled the running query
+    assert counters.get("abort_requests", 0) == 0
+    assert pg_rows(pg_db, "SELECT count(*), count(DISTINCT id) FROM copy.slow") == [(500, 500)]
+    assert pg_rows(
+        pg_db, "SELECT bool_and(source_checksum = target_checksum) FROM migration_status.migration_chunk_status"
+    ) == [(True,)]
