@@ -60,7 +60,8 @@ def table_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinition:
             kinds={"snowflake", "postgres"},
             tags={tags.SOURCE: source_name},
             description=f"Snowflake table {table.source} copied into PostgreSQL {table.key} ({table.mode} mode), "
-            f"{chunking}. A partition is a chunk: <chunk>_<from>_to_<until>@<run>.",
+            f"{chunking}. A partition is a chunk: `00003_6000_to_8000@3f2a1b` is chunk 3, keys from 6000 up to "
+            "8000, of the migration run whose id ends in 3f2a1b.",
             metadata={
                 "source table": table.source,
                 "target table": table.key,

@@ -95,6 +95,7 @@ class ChunkReporter:
 
     def _metadata(self, result: ChunkResult, chunk: Chunk) -> dict[str, Any]:
         return {
+            "table progress": self._table_progress(result.task.table_key),
             "rows": dg.MetadataValue.int(result.rows),
             "rows per second": dg.MetadataValue.float(round(result.rows_per_second, 1)),
             "seconds": dg.MetadataValue.float(round(result.seconds, 3)),
@@ -107,7 +108,6 @@ class ChunkReporter:
             "source checksum": dg.MetadataValue.text(_text(result.source_checksum)),
             "target checksum": dg.MetadataValue.text(_text(result.target_checksum)),
             "migration run": dg.MetadataValue.text(self.run_id),
-            "table progress": self._table_progress(result.task.table_key),
         }
 
     def _table_progress(self, table_key: str) -> dg.MetadataValue:
@@ -119,9 +119,9 @@ class ChunkReporter:
         step_rate = self.rows / elapsed if elapsed > 0 and self.rows else 0.0
         per_worker = float(row["rows_per_second"] or 0)
         return dg.MetadataValue.md(
-            "| rows copied | chunks done | done | rows/s this run | rows/s per worker | chunks verified |\n"
+            "| rows copied | done | chunks | rows/s this run | rows/s per worker | checksums equal |\n"
             "|---:|---:|---:|---:|---:|---:|\n"
-            f"| {int(row['rows_copied']):,} | {done:,} of {total:,} | {100.0 * done / max(total, 1):.1f} % "
+            f"| {int(row['rows_copied']):,} | {100.0 * done / max(total, 1):.1f} % | {done:,} of {total:,} "
             f"| {step_rate:,.0f} | {per_worker:,.0f} | {row['chunks_verified']:,} of {done:,} |"
         )
 

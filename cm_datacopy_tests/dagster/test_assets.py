@@ -91,7 +91,7 @@ def test_keys_show_the_key_range_and_one_run_copies_every_chunk_with_its_own_fig
     assert materialized(instance, EVENTS_KEY) == set(keys)
     # The last chunk's materialization carries the table's totals: the asset's overview shows them.
     latest = instance.get_latest_materialization_event(EVENTS_KEY).asset_materialization
-    assert f"| {EVENTS_ROWS:,} | 3 of 3 | 100.0 % |" in latest.metadata["table progress"].value
+    assert f"| {EVENTS_ROWS:,} | 100.0 % | 3 of 3 |" in latest.metadata["table progress"].value
 
 
 def test_a_failing_chunk_leaves_its_run_mates_materialized_and_only_itself_failed(setup):

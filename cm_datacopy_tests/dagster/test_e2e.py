@@ -84,8 +84,9 @@ def _ledger_done(target: dict[str, Any], source: str) -> dict[str, set[int]]:
 def _chunk_state(target: dict[str, Any], index: int) -> tuple[str, int] | None:
     rows = pg_rows(
         target,
-        "SELECT c.status, c.attempts FROM migration_status.migration_chunk_status c JOIN migration_status.migration_runs "
-        "r USING (run_id) WHERE r.source = 'analytics' AND c.table_key = 'copy.events' AND c.chunk_index = %s",
+        "SELECT c.status, c.attempts FROM migration_status.migration_chunk_status c "
+        "JOIN migration_status.migration_runs r USING (run_id) WHERE r.source = 'analytics' "
+        "AND c.table_key = 'copy.events' AND c.chunk_index = %s",
         (index,),
     )
     return rows[0] if rows else None
