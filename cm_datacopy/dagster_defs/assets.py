@@ -24,7 +24,7 @@ from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.dagster_defs import partitions, tags
 from cm_datacopy.dagster_defs.reporting import ChunkFailure, ChunkReporter, check_spec, chunks_failure
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, source_lock
+from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, reuse_storage_connections, source_lock
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger, RunEntry
 from cm_datacopy.postgres.lock import SourceLock
@@ -42,6 +42,7 @@ def table_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinition:
 
     def _copy(context: dg.AssetExecutionContext, datacopy: DatacopyConfig) -> Iterator[Any]:
         source_cfg = load_source(datacopy, source_name)
+        reuse_storage_connections(context.instance)
         yield from copy_partitions(context, source_cfg, table, key, context.partition_keys)
         if specs:
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(specs[0].key))

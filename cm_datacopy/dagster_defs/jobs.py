@@ -30,7 +30,7 @@ from cm_datacopy.dagster_defs import partitions, tags
 from cm_datacopy.dagster_defs.publish import published_asset_key, published_metadata
 from cm_datacopy.dagster_defs.reporting import ChunkReporter, chunks_failure, error_failure, step_failure
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, source_lock
+from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, reuse_storage_connections, source_lock
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.run.check import check_source
@@ -92,12 +92,14 @@ def _checks(cfg: SourceConfig) -> tuple[dg.OpDefinition, dg.OpDefinition]:
     return validate, test_connections
 
 
-def _active_runs(instance: dg.DagsterInstance, source: str, own_run_id: str) -> list[str]:
-    """Other queued or running Dagster runs that copy or plan ``source``."""
+def _copying_runs(instance: dg.DagsterInstance, cfg: SourceConfig, own_run_id: str) -> list[str]:
+    """Other queued or running Dagster runs that copy chunks of ``cfg``'s tables."""
+    tables = {partitions.table_asset_key(cfg.name, t) for t in cfg.tables}
+    jobs = {copy_job_name(cfg.name), *(chunks_job_name(key) for key in tables)}
     found = []
     for run in instance.get_runs(dg.RunsFilter(statuses=ACTIVE)):
-        selected = any(k.path and k.path[0] == source for k in run.asset_selection or ())
-        if run.run_id != own_run_id and (selected or run.tags.get(tags.SOURCE) == source):
+        copies = bool(tables & set(run.asset_selection or ())) or run.job_name in jobs
+        if copies and run.run_id != own_run_id:
             found.append(run.run_id)
     return found
 
@@ -116,7 +118,7 @@ def _start(
         decision = decide(cfg, latest, no_resume=no_resume, automatic=tags.resume_attempt(context.run.tags) > 0)
         if decision.run is None and tags.resume_attempt(context.run.tags) > 0:
             raise step_failure(f"automatic resume refused: {decision.reason}", retryable=False)
-        busy = _active_runs(context.instance, cfg.name, context.run_id)
+        busy = _copying_runs(context.instance, cfg, context.run_id)
         if decision.run is None and busy:
             raise step_failure(
                 f"{decision.reason}, but Dagster runs {', '.join(busy[:5])} of {cfg.name} are queued or copying "
@@ -194,6 +196,7 @@ def copy_source_job(
     )
     def copy(context: dg.OpExecutionContext, config: SourceRunConfig, datacopy: DatacopyConfig) -> Iterator[Any]:
         source_cfg = load_source(datacopy, source_name, resume_max_age_hours=config.resume_max_age_hours)
+        reuse_storage_connections(context.instance)
         ledger = Ledger(source_cfg.postgres.ledger_schema)
         with source_lock(source_cfg) as lock, psycopg.connect(**source_cfg.postgres.connect_kwargs()) as pg:
             start, keys = _start(context, source_cfg, pg, config)

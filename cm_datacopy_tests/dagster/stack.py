@@ -102,6 +102,10 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class DagsterStack:
     def __init__(self, workdir: Path, env: dict[str, str], *, fast_daemon: bool = True) -> None:
         self.workdir = workdir
@@ -162,10 +166,17 @@ class DagsterStack:
         return [pid for proc in self.procs.values() for pid in group_members(proc.pid)]
 
     def __enter__(self) -> DagsterStack:
+        # A SIGTERM to this process (a CI timeout, `kill`) must still stop the stack: make it an exception.
+        self._sigterm = signal.getsignal(signal.SIGTERM)
+        if self._sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            signal.signal(signal.SIGTERM, self._sigterm)
 
     # ---- GraphQL and waiting ------------------------------------------------------------------------
 
@@ -213,6 +224,16 @@ class DagsterStack:
 
     def run_status(self, run_id: str) -> str | None:
         return self.graphql(RUN_STATUS, {"id": run_id})["runOrError"].get("status")
+
+    def wait_run(self, run_id: str, timeout: float, every: float = 0.5) -> None:
+        """Wait for a run to succeed; a run that fails or is canceled ends the wait at once."""
+
+        def ended() -> bool:
+            status = self.run_status(run_id)
+            assert status not in ("FAILURE", "CANCELED"), f"run {run_id} ended {status}"
+            return status == "SUCCESS"
+
+        self.wait(f"run {run_id} to succeed", ended, timeout, every)
 
     def partition_status(self, path: list[str]) -> dict[str, Any]:
         """An asset's partitions and its checks' partitions, as the UI shows them."""

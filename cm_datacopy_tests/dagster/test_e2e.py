@@ -139,7 +139,7 @@ def test_backfill_with_a_chunk_failing_once_is_resumed_by_the_sensor(env: Env):
     [resumed] = env.instance.get_runs(dg.RunsFilter(tags={RESUME_ATTEMPT: "1"}))
     assert resumed.tags["dagster/partition"] == events_keys[1]
     assert resumed.job_name == "copy_chunks__analytics__copy__events"
-    env.stack.wait("the resumed run to end", lambda: env.stack.run_status(resumed.run_id) == "SUCCESS", BASE)
+    env.stack.wait_run(resumed.run_id, BASE)
     [failed] = env.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
     assert (failed.tags["dagster/asset_partition_range_start"], failed.tags["dagster/asset_partition_range_end"]) == (
         events_keys[0],
@@ -173,7 +173,7 @@ def test_backfill_with_a_chunk_failing_once_is_resumed_by_the_sensor(env: Env):
 def test_copy_source_job_launched_from_the_ui_plans_copies_and_publishes(env: Env):
     run_id = env.stack.launch_job("copy_second")
     env.stack.start_daemon()
-    env.stack.wait("copy_second to succeed", lambda: env.stack.run_status(run_id) == "SUCCESS", BASE + PER_CHUNK * 2)
+    env.stack.wait_run(run_id, BASE + PER_CHUNK * 2)
     keys = env.instance.get_dynamic_partitions("__".join(SECOND_EVENTS))
     assert len(keys) == 2 and _all_green(env, SECOND_EVENTS, keys)
     published = env.instance.get_latest_materialization_event(

@@ -97,7 +97,7 @@ def _shoot(chromium: str, tmp_path: Path) -> None:
         stack.start_daemon()
         runs = [stack.launch_job(f"copy_{source}") for source in ("analytics", "conflict")]
         for run_id in runs:
-            stack.wait(f"run {run_id} to succeed", lambda run_id=run_id: stack.run_status(run_id) == "SUCCESS", 600)
+            stack.wait_run(run_id, 600)
         stack.graphql("mutation { setNuxSeen }")  # as a user who closed the "join the community" dialog
 
         overview = _render(
