@@ -100,14 +100,14 @@ def copy_partitions(
                 failures += [ChunkFailure(key, str(exc), retryable=False) for key, _ in items]
                 continue
             reporter = ChunkReporter(
-                context.instance,
-                pg,
-                ledger,
-                run.run_id,
-                {(table.key, i): k for k, i in items},
-                {},
-                {table.key: asset_key},
-                cfg.verify,
+                instance=context.instance,
+                pg=pg,
+                ledger=ledger,
+                run_id=run.run_id,
+                keys={(table.key, i): k for k, i in items},
+                chunks={(table.key, c.index): c for c in ledger.chunks(pg, run.run_id, table_key=table.key)},
+                asset_keys={table.key: asset_key},
+                checked=cfg.verify,
             )
             yield from _copy_run_chunks(context, cfg, table, ledger, pg, run, items, reporter, lock, automatic)
             failures += reporter.failures
@@ -134,11 +134,11 @@ def _copy_run_chunks(
     lock: SourceLock,
     automatic: bool,
 ) -> Iterator[Any]:
-    """The chunks of one migration run: done ones report the ledger's figures, open ones are copied."""
-    chunks = {c.index: c for c in ledger.chunks(pg, run.run_id, table_key=table.key)}
+    """The chunks of one migration run: done ones report the ledger's figures, open ones are copied (if the
+    resume rule resumes their run). A replaced run's chunks are refused, done or not: they are not the
+    target's rows any more."""
     open_indexes = {c.index for c in ledger.chunks(pg, run.run_id, table_key=table.key, open_only=True)}
-    reporter.chunks.update({(table.key, i): c for i, c in chunks.items()})
-    refusal = None
+    refusal = None  # why open chunks cannot be copied
     if run.status == "superseded":
         refusal = f"migration run {run.run_id} was replaced by {run.superseded_by}"
     elif any(i in open_indexes for _, i in items):
@@ -147,16 +147,15 @@ def _copy_run_chunks(
             refusal = f"migration run {run.run_id} is not resumed ({decision.reason})"
     done, todo = [], []
     for key, index in items:
-        if index not in chunks:
+        task = ChunkTask(cfg.name, run.run_id, table.key, index)
+        if (table.key, index) not in reporter.chunks:
             reporter.failures.append(ChunkFailure(key, f"migration run {run.run_id} has no chunk {index}", False))
         elif refusal and (index in open_indexes or run.status == "superseded"):
             reporter.failures.append(
                 ChunkFailure(key, f"{refusal}: run the job copy_{cfg.name} (or plan_{cfg.name}) to plan anew", False)
             )
-        elif index in open_indexes:
-            todo.append(ChunkTask(cfg.name, run.run_id, table.key, index))
         else:
-            done.append(ChunkTask(cfg.name, run.run_id, table.key, index))
+            (todo if index in open_indexes else done).append(task)
     if done:
         with Worker(cfg) as worker:
             for task in done:

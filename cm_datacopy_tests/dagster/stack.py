@@ -86,20 +86,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _state_and_group(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and process group, from /proc (None: it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+    return fields[0], int(fields[2])
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """Live (non-zombie) processes of a process group."""
+    return [pid for pid in _pids() if (s := _state_and_group(pid)) and s[1] == pgid and s[0] != "Z"]
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """Live processes (this one aside) whose environment has ``key=value``: finds any process a stack
+    started, even one that left its groups, since a process inherits its parent's environment."""
+    needle = f"{key}={value}".encode()
+    found = []
+    for pid in _pids():
         try:
-            stat = (entry / "stat").read_text()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+        if pid != os.getpid() and needle in environ and (s := _state_and_group(pid)) and s[0] != "Z":
+            found.append(pid)
+    return found
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -162,8 +180,9 @@ class DagsterStack:
         return self.leftovers
 
     def alive(self) -> list[int]:
-        """Every live process the stack started, at any depth (none, after ``stop``)."""
-        return [pid for proc in self.procs.values() for pid in group_members(proc.pid)]
+        """Every live process the stack started, at any depth, in its groups or not (none, after ``stop``)."""
+        in_groups = [pid for proc in self.procs.values() for pid in group_members(proc.pid)]
+        return sorted({*in_groups, *processes_with_env("DAGSTER_HOME", self.env["DAGSTER_HOME"])})
 
     def __enter__(self) -> DagsterStack:
         # A SIGTERM to this process (a CI timeout, `kill`) must still stop the stack: make it an exception.

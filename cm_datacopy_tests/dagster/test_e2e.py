@@ -25,7 +25,7 @@ from cm_datacopy.dagster_defs.instance import prepare_home
 from cm_datacopy.dagster_defs.reporting import CHECK_NAME
 from cm_datacopy.dagster_defs.tags import RESUME_ATTEMPT
 from cm_datacopy_tests.dagster.helpers import EVENTS_ROWS, REGIONS_ROWS, chunk_held, plan, seed_source, source_config
-from cm_datacopy_tests.dagster.stack import DagsterStack
+from cm_datacopy_tests.dagster.stack import DagsterStack, processes_with_env
 from cm_datacopy_tests.helpers import fresh_pg_database, new_sf_database, pg_rows
 
 pytestmark = pytest.mark.slow
@@ -188,3 +188,22 @@ def test_copy_source_job_launched_from_the_ui_plans_copies_and_publishes(env: En
         ("completed",)
     ]
     assert _ledger_done(env.target, "second") == {"copy_second.events": {0, 1}}
+
+
+def test_a_test_failing_while_a_run_copies_leaves_no_process_behind(snowflake_server, tmp_path):
+    """The stack's exit stops every process it started, mid-run and on an exception: none outlives it."""
+    sf_db = new_sf_database(snowflake_server)
+    seed_source(snowflake_server, sf_db)
+    with fresh_pg_database() as target, fresh_pg_database("cmdc_dg") as dagster_db:
+        config = source_config(tmp_path / "c.yaml", snowflake_server, sf_db, target)
+        env = {**prepare_home(tmp_path / "home", dagster_db), CONFIG_ENV: str(config)}
+        with pytest.raises(RuntimeError, match="a failing test"), DagsterStack(tmp_path, env) as stack:
+            stack.start_webserver(lambda: len(stack.graphql("{ assetNodes { id } }")["assetNodes"]) == 4)
+            stack.start_daemon()
+            run_id = stack.launch_job("copy_analytics")
+            stack.wait("the run to start", lambda: stack.run_status(run_id) in ("STARTED", "SUCCESS"), BASE)
+            started = stack.alive()
+            raise RuntimeError("a failing test")
+    assert len(started) >= 5, "webserver, daemon, their code servers and the run's process were up"
+    assert not stack.alive()
+    assert not processes_with_env("DAGSTER_HOME", env["DAGSTER_HOME"])
