@@ -159,7 +159,7 @@ def main() -> None:
                 seconds = _timed(measure)
                 chunks, _, rows, phase = _ledger(targets[f"{way}{r}"], f"{way}{r}")
                 results[way].append((seconds, phase, rows, chunks))
-                print(f"round {r + 1}: {WAYS[way]}: {seconds:.1f} s", file=sys.stderr)
+                print(f"round {r + 1}: {WAYS[way]}: {seconds:.1f} s, copy phase {phase:.1f} s", file=sys.stderr)
 
     shutil.rmtree(work, ignore_errors=True)
     _report(args, results)
