@@ -112,11 +112,12 @@ def _start(
     A run started by the auto-resume sensor only resumes: if the rule says "new run", it fails (final).
     """
     ledger = Ledger(cfg.postgres.ledger_schema)
+    automatic = tags.resume_attempt(context.run.tags) > 0
     try:
         latest = ledger.latest_run(pg, cfg.name) if ledger.exists(pg) else None
         no_resume = cfg.no_resume if config.no_resume is None else config.no_resume
-        decision = decide(cfg, latest, no_resume=no_resume, automatic=tags.resume_attempt(context.run.tags) > 0)
-        if decision.run is None and tags.resume_attempt(context.run.tags) > 0:
+        decision = decide(cfg, latest, no_resume=no_resume, automatic=automatic)
+        if decision.run is None and automatic:
             raise step_failure(f"automatic resume refused: {decision.reason}", retryable=False)
         busy = _copying_runs(context.instance, cfg, context.run_id)
         if decision.run is None and busy:
