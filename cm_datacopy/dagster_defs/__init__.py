@@ -1,9 +1,13 @@
 """The Dagster layer: definitions built from the cm_datacopy config file.
 
-For each source: one partitioned asset per table (group = the source) whose partitions are its
-chunks, a checksum check per table and chunk, an unpartitioned published-table asset downstream of
-the chunks, a planning job, a copy job per table (what the auto-resume sensor requests); one
-auto-resume sensor watches every source, one publish sensor swaps in tables whose chunks are done.
+Per source (an asset group): a partitioned asset per table whose partitions are its chunks, with a
+checksum check per chunk; a published-table asset per table; the jobs ``copy_<source>`` (the whole
+source, as ``cm-datacopy run`` does) and ``plan_<source>`` (plan only, then backfill the tables);
+one job per table for the auto-resume sensor's requests. One auto-resume sensor watches every
+source; one publish sensor publishes tables whose chunks were copied by backfills.
+
+Every job runs its steps in one process (``in_process_executor``): a step copies many chunks, with
+``workers`` threads or remote workers, and a process per step would only add start-up time.
 Nothing in the copy engine imports this package.
 """
 
@@ -16,23 +20,27 @@ import dagster as dg
 from cm_datacopy.config import Config, config_path, load_config
 from cm_datacopy.dagster_defs import partitions
 from cm_datacopy.dagster_defs.assets import table_asset
-from cm_datacopy.dagster_defs.checks import table_check
-from cm_datacopy.dagster_defs.jobs import copy_job_name, copy_table_job, plan_source_job
+from cm_datacopy.dagster_defs.jobs import (
+    chunks_job_name,
+    copy_chunks_job,
+    copy_job_name,
+    source_jobs,
+)
 from cm_datacopy.dagster_defs.publish import publish_sensor, published_asset
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.dagster_defs.sensors import Target, auto_resume_sensor
+from cm_datacopy.dagster_defs.sensors import TableTarget, Targets, auto_resume_sensor
 
 
-def resume_targets(config: Config) -> dict[dg.AssetKey, Target]:
-    """Each table asset with what the auto-resume sensor needs: its source, table, partitions and job."""
-    targets = {}
+def resume_targets(config: Config) -> Targets:
+    """What the auto-resume sensor watches: each table asset and each source's copy job."""
+    tables = {}
     for cfg in config.sources.values():
         for table in cfg.tables:
             key = partitions.table_asset_key(cfg.name, table)
-            targets[key] = Target(
-                cfg.name, table.key, partitions.partitions_def_name(cfg.name, table), copy_job_name(cfg.name, key)
+            tables[key] = TableTarget(
+                cfg.name, table.key, partitions.partitions_def_name(cfg.name, table), chunks_job_name(key)
             )
-    return targets
+    return Targets(tables, {copy_job_name(name): name for name in config.sources})
 
 
 def build_definitions(path: str | Path | None = None) -> dg.Definitions:
@@ -40,22 +48,23 @@ def build_definitions(path: str | Path | None = None) -> dg.Definitions:
     resolved = config_path(path).resolve()
     config = load_config(resolved)
     resource = DatacopyConfig(path=str(resolved))
-    assets, checks, jobs, copy_jobs = [], [], [], []
+    assets, copy_jobs, plan_jobs, chunks_jobs = [], [], [], []
     for cfg in config.sources.values():
         for table in cfg.tables:
             asset = table_asset(cfg, table)
             assets += [asset, published_asset(cfg, table)]
-            checks.append(table_check(cfg, table))
-            copy_jobs.append(copy_table_job(cfg.name, asset))
-        jobs.append(plan_source_job(cfg))
+            chunks_jobs.append(copy_chunks_job(cfg.name, asset.key))
+        copy_job, plan_job = source_jobs(cfg)
+        copy_jobs.append(copy_job)
+        plan_jobs.append(plan_job)
     sensors = [
-        auto_resume_sensor(resume_targets(config), resource.source, copy_jobs),
+        auto_resume_sensor(resume_targets(config), resource.source, [*copy_jobs, *chunks_jobs]),
         publish_sensor(config, resource.source),
     ]
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
-        jobs=[*jobs, *copy_jobs],
+        jobs=[*copy_jobs, *plan_jobs, *chunks_jobs],
         sensors=sensors,
         resources={"datacopy": resource},
+        executor=dg.in_process_executor,
     )

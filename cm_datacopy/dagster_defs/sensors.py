@@ -1,32 +1,37 @@
-"""Auto-resume: when a run that copies chunks fails, request its failed and missing chunks again.
+"""Auto-resume: when a run that copies chunks fails, copy what it left undone again, by the CLI's rule.
 
-It replaces the seed's Step Functions resume loop, with the same rules: only while the migration
-run is younger than ``resume_max_age_hours``, never when the run was planned with ``no_resume``,
-and at most ``max_resume_attempts`` times in a row for a chunk (counted in the run tag
-``cm_datacopy/resume_attempt``, which each resumed run carries one higher; the ledger's
-``resume_attempt_count`` counts every automatic resume of the migration run).
+It replaces the resume loop of the Step Functions system, with the same rule as ``cm-datacopy
+run`` (``cm_datacopy.run.resume.decide``, asked as an automatic resume): only the source's latest
+migration run, while it is open, younger than ``resume_max_age_hours``, planned under the same
+configuration and not started with ``no_resume``; and at most ``max_resume_attempts`` automatic
+resumes in a row (counted in the run tag ``cm_datacopy/resume_attempt``, one higher on each resumed
+run; the ledger's ``resume_attempt_count`` counts every resume of the migration run).
 
-It watches every run of the deployment, because runs launched from the UI and from backfills run as
-``__ASSET_JOB`` and would be missed by ``monitored_jobs``; it keeps those that materialize one of
-our tables (``run.asset_selection``). It leaves alone runs that Dagster's own run retries will
-retry (tag ``dagster/will_retry``), so the two never double up.
+It acts on whether another attempt can succeed: a chunk whose last error is final (a NUL byte, a
+checksum mismatch seen twice, a value that does not fit, a refused publish) is not requested again
+until someone fixes the cause; a step that says its failure is final (its ``retryable`` metadata)
+is not resumed at all. Chunks that never ended (the run was killed) are requested again.
+
+What it resumes: a failed ``copy_<source>`` run is launched again (it resumes the migration run and
+copies every chunk not done); a failed run of table assets (a backfill's, a launch from the UI, or
+one of this sensor's) gets exactly its chunks that are not done requested again, in as few runs as
+there are contiguous stretches of them. It watches every run of the deployment, because runs
+launched from the UI and from backfills run as ``__ASSET_JOB`` and would be missed by
+``monitored_jobs``, and leaves alone runs that Dagster's own run retries will retry
+(``dagster/will_retry``), so the two never double up.
 """
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import psycopg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-)
 
 from cm_datacopy.config import SourceConfig
-from cm_datacopy.dagster_defs import partitions
+from cm_datacopy.dagster_defs import partitions, tags
+from cm_datacopy.dagster_defs.reporting import RETRYABLE
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.run.resume import decide
@@ -34,71 +39,70 @@ from cm_datacopy.run.resume import decide
 log = logging.getLogger(__name__)
 
 SENSOR_NAME = "cm_datacopy_auto_resume"
-RESUME_ATTEMPT_TAG = "cm_datacopy/resume_attempt"
-RESUMED_FROM_TAG = "cm_datacopy/resumed_from"
-MIGRATION_RUN_TAG = "cm_datacopy/migration_run_id"
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dataclass(frozen=True)
-class Target:
+class TableTarget:
     """What the sensor needs to know about one table asset."""
 
     source: str
     table_key: str
     partitions_def_name: str
-    job_name: str
+    job_name: str  # the job that copies its chunks alone
 
 
-def _partition_keys(instance: dg.DagsterInstance, run: dg.DagsterRun, pdef_name: str) -> list[str]:
-    if key := run.tags.get(PARTITION_NAME_TAG):
-        return [key]
-    start, end = run.tags.get(ASSET_PARTITION_RANGE_START_TAG), run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
-    if start and end:
-        keys = instance.get_dynamic_partitions(pdef_name)
-        if start in keys and end in keys:
-            return keys[keys.index(start) : keys.index(end) + 1]
-    return []
+@dataclass(frozen=True)
+class Targets:
+    tables: dict[dg.AssetKey, TableTarget]
+    source_jobs: dict[str, str]  # copy_<source> job name → source
 
 
-def _our_assets(run: dg.DagsterRun, targets: dict[dg.AssetKey, Target]) -> list[dg.AssetKey]:
-    """Our table assets this run materializes: from its asset selection (UI, backfills), else from its
-    job (a copy job launched whole, as the sensor's own requests are, carries no asset selection)."""
-    if run.asset_selection:
-        return [k for k in sorted(run.asset_selection, key=str) if k in targets]
-    return [k for k, t in targets.items() if t.job_name == run.job_name]
+Decision = dg.SensorResult | dg.SkipReason | None
+
+
+def step_says_final(step_failures: Sequence[dg.DagsterEvent]) -> str | None:
+    """The description of a failed step that says no attempt can succeed until someone acts, if any."""
+    for event in step_failures:
+        data = event.step_failure_data
+        user = data.user_failure_data if data else None
+        flag = user.metadata.get(RETRYABLE) if user else None
+        if flag is not None and flag.value is False:
+            return (user.description if user else None) or event.message or "a final failure"
+    return None
 
 
 def resume_requests(
     instance: dg.DagsterInstance,
     run: dg.DagsterRun,
-    targets: dict[dg.AssetKey, Target],
+    targets: Targets,
     load_source: Callable[[str], SourceConfig],
-) -> dg.SensorResult | dg.SkipReason | None:
+    step_failures: Sequence[dg.DagsterEvent] = (),
+) -> Decision:
     """The decision for one failed run: run requests, a reason to do nothing, or None (not ours)."""
-    ours = _our_assets(run, targets)
-    if not ours:
+    source = targets.source_jobs.get(run.job_name)
+    tables = [] if source else _table_assets(run, targets)
+    if source is None and not tables:
         return None
-    if run.tags.get(WILL_RETRY_TAG) == "true":
+    if run.tags.get(tags.WILL_RETRY) == "true":
         return dg.SkipReason(f"run {run.run_id}: Dagster's run retries will retry it; not resuming")
-    attempt = int(run.tags.get(RESUME_ATTEMPT_TAG, "0") or 0)
+    if final := step_says_final(step_failures):
+        return dg.SkipReason(f"run {run.run_id} failed for a reason a retry cannot fix: {final}")
+    attempt = tags.resume_attempt(run.tags)
+    if source is not None:
+        return _resume_source(run, source, load_source(source), attempt)
     requests: list[dg.RunRequest] = []
     reasons: list[str] = []
-    for source in sorted({targets[k].source for k in ours}):
-        cfg = load_source(source)
+    for source_name in sorted({targets.tables[k].source for k in tables}):
+        cfg = load_source(source_name)
         ledger = Ledger(cfg.postgres.ledger_schema)
         with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
             resumed_runs: set[str] = set()
-            for asset_key in (k for k in ours if targets[k].source == source):
-                target = targets[asset_key]
-                registered = set(instance.get_dynamic_partitions(target.partitions_def_name))
-                for key in _partition_keys(instance, run, target.partitions_def_name):
-                    request, reason = _chunk_request(pg, ledger, cfg, run, target, key, attempt, registered)
-                    if request is not None:
-                        requests.append(request)
-                        resumed_runs.add(request.tags[MIGRATION_RUN_TAG])
-                    elif reason:
-                        reasons.append(reason)
+            for asset_key in (k for k in tables if targets.tables[k].source == source_name):
+                target = targets.tables[asset_key]
+                new, why = _table_requests(instance, pg, ledger, cfg, run, target, attempt)
+                requests += new
+                reasons += why
+                resumed_runs.update(r.tags[tags.MIGRATION_RUN] for r in new)
             for migration_run_id in sorted(resumed_runs):
                 count = ledger.mark_resumed(pg, migration_run_id)
                 log.info("resuming migration run %s (automatic resume #%d)", migration_run_id, count)
@@ -107,77 +111,171 @@ def resume_requests(
     return dg.SkipReason("; ".join(reasons) or f"run {run.run_id}: every chunk it copies is done")
 
 
-def _chunk_request(
-    pg: psycopg.Connection,
-    ledger: Ledger,
-    cfg: SourceConfig,
-    run: dg.DagsterRun,
-    target: Target,
-    key: str,
-    attempt: int,
-    registered: set[str],
-) -> tuple[dg.RunRequest | None, str | None]:
-    where = f"{target.table_key} chunk {key} (run {run.run_id})"
-    if key not in registered:
-        return None, f"{where}: no longer a partition (a newer chunk plan replaced it); not resuming"
-    try:
-        entry, index = partitions.resolve(pg, cfg, key)
-        *_, state = ledger.load_chunk(pg, entry.run_id, target.table_key, index)
-    except DatacopyError as exc:
-        return None, f"{where}: {exc}"
-    if state.status == "done":
-        return None, None
-    # The same rule as `cm-datacopy run`: only the source's latest run, open, young enough, same config.
-    decision = decide(cfg, ledger.latest_run(pg, cfg.name), no_resume=cfg.no_resume, automatic=True)
-    if decision.run is None or decision.run.run_id != entry.run_id:
-        return None, f"{where}: migration run {entry.run_id} is not resumed ({decision.reason}); plan a new run"
-    if attempt >= cfg.max_resume_attempts:
-        message = (
-            f"{where}: giving up after {attempt} automatic resumes (max_resume_attempts={cfg.max_resume_attempts}); "
-            "fix the cause and re-execute the run, or backfill the failed partitions"
-        )
-        log.error(message)
-        ledger.finish_run(pg, entry.run_id, message)
-        return None, message
-    return (
-        dg.RunRequest(
-            job_name=target.job_name,
-            partition_key=key,
-            run_key=f"resume:{run.run_id}:{target.partitions_def_name}:{key}",
-            tags={
-                RESUME_ATTEMPT_TAG: str(attempt + 1),
-                RESUMED_FROM_TAG: run.run_id,
-                MIGRATION_RUN_TAG: entry.run_id,
-            },
-        ),
-        None,
+def _table_assets(run: dg.DagsterRun, targets: Targets) -> list[dg.AssetKey]:
+    """Our table assets the run materializes: from its asset selection (UI, backfills), else from its
+    job (a chunks job launched whole, as this sensor's requests are, carries no asset selection)."""
+    if run.asset_selection:
+        return [k for k in sorted(run.asset_selection, key=str) if k in targets.tables]
+    return [k for k, t in targets.tables.items() if t.job_name == run.job_name]
+
+
+def _give_up(
+    pg: psycopg.Connection[Any], ledger: Ledger, cfg: SourceConfig, migration_run_id: str, what: str, attempt: int
+) -> str:
+    message = (
+        f"{what}: giving up after {attempt} automatic resumes (max_resume_attempts={cfg.max_resume_attempts}); "
+        "fix the cause, then launch the run again (or backfill the failed and missing partitions)"
+    )
+    log.error(message)
+    ledger.finish_run(pg, migration_run_id, message)
+    return message
+
+
+def _resume_source(run: dg.DagsterRun, source: str, cfg: SourceConfig, attempt: int) -> Decision:
+    """A failed copy_<source> run: launch the job again if the rule resumes the source's latest run."""
+    ledger = Ledger(cfg.postgres.ledger_schema)
+    with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+        latest = ledger.latest_run(pg, source) if ledger.exists(pg) else None
+        decision = decide(cfg, latest, no_resume=False, automatic=True)
+        if decision.run is None:
+            return dg.SkipReason(f"run {run.run_id} of {source}: not resumed ({decision.reason})")
+        if attempt >= cfg.max_resume_attempts:
+            return dg.SkipReason(_give_up(pg, ledger, cfg, decision.run.run_id, f"source {source}", attempt))
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                job_name=run.job_name,
+                run_key=f"resume:{run.run_id}",
+                tags={
+                    tags.RESUME_ATTEMPT: str(attempt + 1),
+                    tags.RESUMED_FROM: run.run_id,
+                    tags.MIGRATION_RUN: decision.run.run_id,
+                },
+            )
+        ]
     )
 
 
+def _run_partitions(instance: dg.DagsterInstance, run: dg.DagsterRun, target: TableTarget) -> list[str]:
+    if key := run.tags.get(tags.PARTITION):
+        return [key]
+    start, end = run.tags.get(tags.RANGE_START), run.tags.get(tags.RANGE_END)
+    if start and end:
+        keys = instance.get_dynamic_partitions(target.partitions_def_name)
+        if start in keys and end in keys:
+            return keys[keys.index(start) : keys.index(end) + 1]
+        return list(dict.fromkeys([start, end]))  # a newer plan removed them: the caller says so
+    return []
+
+
+def _table_requests(
+    instance: dg.DagsterInstance,
+    pg: psycopg.Connection[Any],
+    ledger: Ledger,
+    cfg: SourceConfig,
+    run: dg.DagsterRun,
+    target: TableTarget,
+    attempt: int,
+) -> tuple[list[dg.RunRequest], list[str]]:
+    """Requests for the run's chunks of one table that are not done and can succeed, grouped into
+    stretches of consecutive partitions; and the reasons for the chunks left alone."""
+    registered = instance.get_dynamic_partitions(target.partitions_def_name)
+    position = {key: i for i, key in enumerate(registered)}
+    wanted: dict[str, list[str]] = {}  # migration run id → partition keys to copy again
+    reasons: list[str] = []
+    states: dict[str, dict[int, dict[str, Any]]] = {}
+    decisions: dict[str, str | None] = {}
+    for key in _run_partitions(instance, run, target):
+        where = f"{target.table_key} chunk {key} (run {run.run_id})"
+        if key not in position:
+            reasons.append(f"{where}: no longer a partition (a newer chunk plan replaced it); not resuming")
+            continue
+        try:
+            tag, index = partitions.parse_key(key)
+            entry = partitions.find_run(pg, cfg, tag)
+        except DatacopyError as exc:
+            reasons.append(f"{where}: {exc}")
+            continue
+        if entry.run_id not in decisions:
+            decision = decide(cfg, ledger.latest_run(pg, cfg.name), no_resume=False, automatic=True)
+            resumes = decision.run is not None and decision.run.run_id == entry.run_id
+            decisions[entry.run_id] = None if resumes else decision.reason
+            states[entry.run_id] = {r["chunk_index"]: r for r in ledger.chunk_rows(pg, entry.run_id, target.table_key)}
+        if decisions[entry.run_id] is not None:
+            reasons.append(f"{where}: migration run {entry.run_id} is not resumed ({decisions[entry.run_id]})")
+            continue
+        state = states[entry.run_id].get(index)
+        if state is None or state["status"] == "done":
+            continue
+        if state["status"] == "failed" and state["error_retryable"] is False:
+            reasons.append(f"{where}: its error is final, fix the cause first: {state['last_error']}")
+            continue
+        wanted.setdefault(entry.run_id, []).append(key)
+    requests = []
+    for migration_run_id, keys in wanted.items():
+        if attempt >= cfg.max_resume_attempts:
+            reasons.append(_give_up(pg, ledger, cfg, migration_run_id, f"{target.table_key} run {run.run_id}", attempt))
+            continue
+        for stretch in _stretches(sorted(keys, key=position.__getitem__), position):
+            request_tags = {
+                tags.RESUME_ATTEMPT: str(attempt + 1),
+                tags.RESUMED_FROM: run.run_id,
+                tags.MIGRATION_RUN: migration_run_id,
+            }
+            if len(stretch) > 1:
+                request_tags.update({tags.RANGE_START: stretch[0], tags.RANGE_END: stretch[-1]})
+            requests.append(
+                dg.RunRequest(
+                    job_name=target.job_name,
+                    partition_key=stretch[0] if len(stretch) == 1 else None,
+                    run_key=f"resume:{run.run_id}:{target.partitions_def_name}:{stretch[0]}",
+                    tags=request_tags,
+                )
+            )
+    return requests, reasons
+
+
+def _stretches(keys: list[str], position: dict[str, int]) -> list[list[str]]:
+    """Keys (in partition order) cut where they stop being consecutive partitions."""
+    out: list[list[str]] = []
+    for key in keys:
+        if out and position[key] == position[out[-1][-1]] + 1:
+            out[-1].append(key)
+        else:
+            out.append([key])
+    return out
+
+
 def auto_resume_sensor(
-    targets: dict[dg.AssetKey, Target],
+    targets: Targets,
     load_source: Callable[[str], SourceConfig],
-    request_jobs: Sequence[UnresolvedAssetJobDefinition],
+    request_jobs: Sequence[Any],
     minimum_interval_seconds: int = 10,
-) -> dg.RunStatusSensorDefinition:
+) -> dg.SensorDefinition:
     @dg.run_failure_sensor(
         name=SENSOR_NAME,
-        description="Requests the failed and missing chunks of a failed copy run again (the seed's auto-resume).",
+        description="When a run copying chunks fails, copies again what it left undone, by the same rule as "
+        "cm-datacopy run (latest migration run, within resume_max_age_hours, at most max_resume_attempts times, "
+        "never after a final error).",
         monitor_all_code_locations=True,
         request_jobs=request_jobs,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def _sensor(context: dg.RunFailureSensorContext) -> dg.SensorResult | dg.SkipReason | None:
-        decision = resume_requests(context.instance, context.dagster_run, targets, load_source)
+    def _sensor(context: dg.RunFailureSensorContext) -> Decision:
+        decision = resume_requests(
+            context.instance, context.dagster_run, targets, load_source, context.get_step_failure_events()
+        )
         if isinstance(decision, dg.SkipReason):
             context.log.warning(decision.skip_message or "")
         elif isinstance(decision, dg.SensorResult):
             for request in decision.run_requests or []:
-                context.log.info(
-                    f"resuming {request.job_name} partition {request.partition_key} "
-                    f"(attempt {request.tags[RESUME_ATTEMPT_TAG]})"
+                what = request.partition_key or (
+                    f"{request.tags.get(tags.RANGE_START)} … {request.tags.get(tags.RANGE_END)}"
+                    if tags.RANGE_START in request.tags
+                    else "the whole source"
                 )
+                context.log.info(f"resuming {request.job_name}: {what} (attempt {request.tags[tags.RESUME_ATTEMPT]})")
         return decision
 
     return _sensor

@@ -62,16 +62,51 @@ def source_config(
 
 EVENTS_KEY = dg.AssetKey(["analytics", "copy", "events"])
 REGIONS_KEY = dg.AssetKey(["analytics", "copy", "regions"])
-EVENTS_JOB = "copy__analytics__copy__events"
+EVENTS_PARTITIONS = "analytics__copy__events"
+REGIONS_PARTITIONS = "analytics__copy__regions"
+EVENTS_JOB = "copy_chunks__analytics__copy__events"
+REGIONS_JOB = "copy_chunks__analytics__copy__regions"
 
 
 def plan(defs: dg.Definitions, instance: dg.DagsterInstance, source: str = "analytics", **config: Any) -> str:
     """Run the planning job in process; returns the migration run id."""
     result = defs.resolve_job_def(f"plan_{source}").execute_in_process(
-        instance=instance, run_config={"ops": {f"plan_{source}_run": {"config": config}}} if config else None
+        instance=instance, run_config={"ops": {f"{source}_plan": {"config": config}}} if config else None
     )
     assert result.success
-    return result.output_for_node(f"plan_{source}_run")
+    return result.output_for_node(f"{source}_plan")
+
+
+def copy_source(
+    defs: dg.Definitions, instance: dg.DagsterInstance, source: str = "analytics", tags: Any = None, **config: Any
+) -> dg.ExecuteInProcessResult:
+    """Run ``copy_<source>`` in process (failures are returned, not raised)."""
+    return defs.resolve_job_def(f"copy_{source}").execute_in_process(
+        instance=instance,
+        run_config={"ops": {f"{source}_copy": {"config": config}}} if config else None,
+        tags=tags or {},
+        raise_on_error=False,
+    )
+
+
+def copy_range(
+    defs: dg.Definitions, instance: dg.DagsterInstance, job: str, keys: list[str], tags: Any = None
+) -> dg.ExecuteInProcessResult:
+    """One run of a table's chunks job over the partitions ``keys[0]`` … ``keys[-1]``, as a backfill makes."""
+    range_tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, tags={**range_tags, **(tags or {})}, raise_on_error=False
+    )
+
+
+def materialized(instance: dg.DagsterInstance, key: dg.AssetKey) -> set[str]:
+    return set(instance.get_materialized_partitions(key))
+
+
+def failed(instance: dg.DagsterInstance, key: dg.AssetKey, partitions_def_name: str) -> set[str]:
+    keys = instance.get_dynamic_partitions(partitions_def_name)
+    statuses = instance.get_status_by_partition(key, keys, dg.DynamicPartitionsDefinition(name=partitions_def_name))
+    return {k for k, status in (statuses or {}).items() if status == dg.AssetPartitionStatus.FAILED}
 
 
 def load_defs(path: Path) -> dg.Definitions:

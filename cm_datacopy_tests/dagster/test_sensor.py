@@ -1,4 +1,4 @@
-"""The auto-resume sensor, given a real failed run: exactly the failed chunk, within age, attempts, no_resume."""
+"""The auto-resume sensor, given real failed runs: exactly the chunks left undone, by the CLI's rule."""
 
 from __future__ import annotations
 
@@ -8,17 +8,24 @@ import pytest
 
 from cm_datacopy.config import load_config
 from cm_datacopy.dagster_defs import resume_targets
-from cm_datacopy.dagster_defs.sensors import RESUME_ATTEMPT_TAG, SENSOR_NAME, WILL_RETRY_TAG, resume_requests
+from cm_datacopy.dagster_defs.sensors import SENSOR_NAME, resume_requests
+from cm_datacopy.dagster_defs.tags import MIGRATION_RUN, RANGE_END, RANGE_START, RESUME_ATTEMPT, WILL_RETRY
+from cm_datacopy.postgres.lock import SourceLock
 from cm_datacopy_tests.dagster.helpers import (
-    EVENTS_CHUNK,
     EVENTS_JOB,
+    EVENTS_KEY,
+    EVENTS_PARTITIONS,
+    EVENTS_ROWS,
     chunk_held,
+    copy_range,
+    copy_source,
     load_defs,
+    materialized,
     plan,
     seed_source,
     source_config,
 )
-from cm_datacopy_tests.helpers import pg_rows
+from cm_datacopy_tests.helpers import pg_rows, sf_execute
 
 
 @pytest.fixture
@@ -29,15 +36,19 @@ def setup(snowflake_server, sf_db, pg_db, config_path):
         yield defs, instance, pg_db
 
 
-def _failed_chunk_run(defs, instance, pg, key, tags=None):
-    """Materialize an EVENTS chunk while the test holds a lock in its range: the run fails for real."""
-    index = int(key.rsplit("-", 1)[1])
-    with chunk_held(pg, index * EVENTS_CHUNK + 500):
-        result = defs.resolve_job_def(EVENTS_JOB).execute_in_process(
-            instance=instance, partition_key=key, raise_on_error=False, tags=tags or {}
-        )
-    assert not result.success
-    return result
+def _bounds(pg):
+    """The two boundaries of the EVENTS plan: a key inside each chunk is below b1, between, above b2."""
+    (b1,), (b2,) = pg_rows(
+        pg,
+        "SELECT upper_bound::bigint FROM migration_status.migration_chunk_status WHERE table_key = 'copy.events' "
+        "AND upper_bound IS NOT NULL ORDER BY run_id, chunk_index LIMIT 2",
+    )
+    return b1, b2
+
+
+def _inside(pg, index):
+    b1, b2 = _bounds(pg)
+    return [b1 // 2, (b1 + b2) // 2, b2 + 100][index]
 
 
 def _evaluate(defs, instance, result):
@@ -50,64 +61,123 @@ def _evaluate(defs, instance, result):
     return defs.resolve_sensor_def(SENSOR_NAME)(context)
 
 
+def _run(defs, instance, request):
+    return defs.resolve_job_def(request.job_name).execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+    )
+
+
 def _resume_count(pg, run_id):
     return pg_rows(pg, "SELECT resume_attempt_count FROM migration_status.migration_runs WHERE run_id = %s", (run_id,))[
         0
     ][0]
 
 
-def test_sensor_requests_exactly_the_failed_chunk_then_stops_after_max_attempts(setup):
+def _failed_range(defs, instance, pg, keys, held, tags=None):
+    """A ranged run of EVENTS chunks while the test holds a lock in the chunks ``held``: it fails for real."""
+    with chunk_held(pg, _inside(pg, held[0])):
+        if len(held) > 1:
+            with chunk_held(pg, _inside(pg, held[1])):
+                result = copy_range(defs, instance, EVENTS_JOB, keys, tags)
+        else:
+            result = copy_range(defs, instance, EVENTS_JOB, keys, tags)
+    assert not result.success
+    return result
+
+
+def test_sensor_requests_exactly_the_chunks_left_undone_in_stretches_then_gives_up(setup):
     defs, instance, pg = setup
     run_id = plan(defs, instance)
-    keys = instance.get_dynamic_partitions("analytics__copy__events")
-    ok = defs.resolve_job_def(EVENTS_JOB).execute_in_process(instance=instance, partition_key=keys[0])
-    assert ok.success
-    failed = _failed_chunk_run(defs, instance, pg, keys[1])
-    assert (
-        "waited longer than lock_timeout_seconds for a PostgreSQL lock while deleting the chunk's range"
-        in pg_rows(
-            pg,
-            "SELECT last_error FROM migration_status.migration_chunk_status WHERE run_id = %s AND chunk_index = 1 "
-            "AND table_key = 'copy.events'",
-            (run_id,),
-        )[0][0]
-    )
+    keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    failed = _failed_range(defs, instance, pg, keys, held=[0, 2])
+    assert materialized(instance, EVENTS_KEY) == {keys[1]}
 
     decision = _evaluate(defs, instance, failed)
     assert isinstance(decision, dg.SensorResult)
-    [request] = decision.run_requests
-    assert request.job_name == EVENTS_JOB and request.partition_key == keys[1]
-    assert request.tags[RESUME_ATTEMPT_TAG] == "1"
+    assert [(r.job_name, r.partition_key) for r in decision.run_requests] == [
+        (EVENTS_JOB, keys[0]),
+        (EVENTS_JOB, keys[2]),
+    ]
+    assert {r.tags[RESUME_ATTEMPT] for r in decision.run_requests} == {"1"}
+    assert {r.tags[MIGRATION_RUN] for r in decision.run_requests} == {run_id}
     assert _resume_count(pg, run_id) == 1
-
-    # The resumed run succeeds (the lock is gone): the chunk is done and nothing more is asked.
-    resumed = defs.resolve_job_def(EVENTS_JOB).execute_in_process(
-        instance=instance, partition_key=keys[1], tags=request.tags
-    )
-    assert resumed.success
-    assert isinstance(_evaluate(defs, instance, failed), dg.SkipReason), "a done chunk is not requested again"
-
-    # A chunk whose resumes already failed max_resume_attempts (2) times in a row: the sensor gives up.
-    last = _failed_chunk_run(defs, instance, pg, keys[2], tags={RESUME_ATTEMPT_TAG: "2"})
-    decision = _evaluate(defs, instance, last)
-    assert isinstance(decision, dg.SkipReason)
-    assert "giving up after 2 automatic resumes (max_resume_attempts=2)" in decision.skip_message
-    one_below = _failed_chunk_run(defs, instance, pg, keys[2], tags={RESUME_ATTEMPT_TAG: "1"})
-    decision = _evaluate(defs, instance, one_below)
-    assert [r.tags[RESUME_ATTEMPT_TAG] for r in decision.run_requests] == ["2"]
+    for request in decision.run_requests:
+        assert _run(defs, instance, request).success
+    assert materialized(instance, EVENTS_KEY) == set(keys)
+    assert isinstance(_evaluate(defs, instance, failed), dg.SkipReason), "done chunks are not requested again"
+    assert pg_rows(pg, "SELECT count(*), count(DISTINCT body) FROM copy.events") == [(EVENTS_ROWS, EVENTS_ROWS)]
 
 
-def test_sensor_respects_max_age_no_resume_and_dagster_retries(setup, config_path):
+def test_consecutive_chunks_are_resumed_in_one_run_and_resumes_stop_at_max_attempts(setup):
     defs, instance, pg = setup
     run_id = plan(defs, instance)
-    keys = instance.get_dynamic_partitions("analytics__copy__events")
-    failed = _failed_chunk_run(defs, instance, pg, keys[1])
+    keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    failed = _failed_range(defs, instance, pg, keys, held=[1, 2], tags={RESUME_ATTEMPT: "1"})
+    [request] = _evaluate(defs, instance, failed).run_requests
+    assert (request.partition_key, request.tags[RANGE_START], request.tags[RANGE_END]) == (None, keys[1], keys[2])
+    assert request.tags[RESUME_ATTEMPT] == "2"
+
+    # That resume fails too: it was the max_resume_attempts-th (2) in a row; the sensor gives up.
+    again = _failed_range(defs, instance, pg, keys[1:], held=[1], tags=request.tags)
+    decision = _evaluate(defs, instance, again)
+    assert isinstance(decision, dg.SkipReason)
+    assert "giving up after 2 automatic resumes (max_resume_attempts=2)" in decision.skip_message
+    assert pg_rows(pg, "SELECT status FROM migration_status.migration_runs WHERE run_id = %s", (run_id,)) == [
+        ("failed",)
+    ]
+
+
+def test_a_final_error_is_not_resumed(setup, snowflake_server, sf_db):
+    """A NUL byte written after the plan: the chunk fails with a final error; resuming cannot help."""
+    defs, instance, pg = setup
+    plan(defs, instance)
+    keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    bad = _inside(pg, 1)
+    sf_execute(snowflake_server, sf_db, "USE SCHEMA PUBLIC", f"UPDATE EVENTS SET BODY = 'a' || CHR(0) WHERE ID = {bad}")
+    failed = copy_range(defs, instance, EVENTS_JOB, keys)
+    assert not failed.success
+    assert materialized(instance, EVENTS_KEY) == {keys[0], keys[2]}
+    decision = _evaluate(defs, instance, failed)
+    assert isinstance(decision, dg.SkipReason)
+    assert "failed for a reason a retry cannot fix" in decision.skip_message
+    assert "holds a NUL byte" in decision.skip_message
+
+
+def test_a_failed_copy_source_run_is_launched_again_and_resumes(setup):
+    defs, instance, pg = setup
+    run_id = plan(defs, instance)
+    with chunk_held(pg, _inside(pg, 1)):
+        failed = copy_source(defs, instance)
+    assert not failed.success
+    [request] = _evaluate(defs, instance, failed).run_requests
+    assert (request.job_name, request.tags[RESUME_ATTEMPT], request.tags[MIGRATION_RUN]) == (
+        "copy_analytics",
+        "1",
+        run_id,
+    )
+    resumed = defs.resolve_job_def("copy_analytics").execute_in_process(instance=instance, tags=request.tags)
+    assert resumed.success
+    assert pg_rows(pg, "SELECT status FROM migration_status.migration_runs") == [("completed",)]
+
+
+def test_sensor_respects_max_age_no_resume_a_busy_source_and_dagster_retries(setup, config_path):
+    defs, instance, pg = setup
+    run_id = plan(defs, instance)
+    keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    failed = _failed_range(defs, instance, pg, keys[1:2], held=[1])
 
     # Dagster's own run retries will retry it: no double-up.
-    retried = failed.dagster_run.with_tags({**failed.dagster_run.tags, WILL_RETRY_TAG: "true"})
+    retried = failed.dagster_run.with_tags({**failed.dagster_run.tags, WILL_RETRY: "true"})
     config = load_config(config_path)
     decision = resume_requests(instance, retried, resume_targets(config), config.source)
     assert isinstance(decision, dg.SkipReason) and "run retries" in decision.skip_message
+
+    # Another process (a `cm-datacopy run`) holds the source: it copies the chunks; not resumed.
+    with SourceLock(config.source("analytics")):
+        busy = copy_range(defs, instance, EVENTS_JOB, keys[1:2])
+    assert not busy.success
+    decision = _evaluate(defs, instance, busy)
+    assert isinstance(decision, dg.SkipReason) and "already being copied by another run" in decision.skip_message
 
     # Older than resume_max_age_hours (12 h): not resumed.
     with psycopg.connect(**pg) as conn:
@@ -121,8 +191,8 @@ def test_sensor_respects_max_age_no_resume_and_dagster_retries(setup, config_pat
 
     # A run planned with no_resume is never resumed automatically.
     fresh = plan(defs, instance, no_resume=True)
-    new_keys = instance.get_dynamic_partitions("analytics__copy__events")
-    failed_fresh = _failed_chunk_run(defs, instance, pg, new_keys[1])
+    new_keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    failed_fresh = _failed_range(defs, instance, pg, new_keys[1:2], held=[1])
     decision = _evaluate(defs, instance, failed_fresh)
     assert isinstance(decision, dg.SkipReason) and "no_resume" in decision.skip_message
     assert _resume_count(pg, fresh) == 0

@@ -1,0 +1,82 @@
+"""What every step that touches a source does first: read its config, take its lock.
+
+A copying step holds the source's lock for as long as it copies, as ``cm-datacopy run`` does, so a
+CLI run and a Dagster run never copy the same source at once, and each chunk it copies in this
+process checks, just before it commits, that the step still holds the lock. Within Dagster, the
+source's pool (limit 1) queues its runs, so they do not meet on the lock; a run that finds the lock
+held has met a run from outside Dagster, which is copying the source already: its failure is not
+resumed automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from cm_datacopy.chunk import ChunkTask
+from cm_datacopy.config import SourceConfig
+from cm_datacopy.dagster_defs.dispatch import dispatcher_for
+from cm_datacopy.dagster_defs.reporting import ChunkFailure, ChunkReporter, error_failure, step_failure
+from cm_datacopy.dagster_defs.resources import DatacopyConfig
+from cm_datacopy.errors import DatacopyError, SourceBusyError
+from cm_datacopy.postgres.lock import SourceLock
+
+
+def pool_name(source: str) -> str:
+    """The source's concurrency pool: one copying run of the source at a time (``workers`` chunks inside it)."""
+    return f"cm_datacopy_{source}"
+
+
+def load_source(datacopy: DatacopyConfig, name: str, **overrides: Any) -> SourceConfig:
+    """The source's config as the file says now, with a run's overrides (validated by the run config's
+    own schema); a file that does not validate fails the step, finally: someone must fix it."""
+    try:
+        cfg = datacopy.source(name)
+    except DatacopyError as exc:
+        raise step_failure(f"config: {exc}", retryable=False) from None
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return cfg.model_copy(update=changes) if changes else cfg
+
+
+@contextlib.contextmanager
+def source_lock(cfg: SourceConfig) -> Iterator[SourceLock]:
+    try:
+        lock = SourceLock(cfg).__enter__()
+    except SourceBusyError as exc:
+        raise step_failure(f"{exc} (not resumed automatically: that run copies the source)", retryable=False) from None
+    except DatacopyError as exc:
+        raise error_failure(exc, f"taking the lock of source {cfg.name}") from None
+    try:
+        yield lock
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def copy_tasks(
+    context: Any, cfg: SourceConfig, tasks: Sequence[ChunkTask], reporter: ChunkReporter, lock: SourceLock
+) -> Iterator[Any]:
+    """Copy ``tasks`` through the source's dispatcher (``workers`` in flight), yielding each chunk's events
+    as it ends. Stops starting chunks once the lock is lost (the ones in flight roll back)."""
+    if not tasks:
+        return
+    dispatcher = dispatcher_for(cfg, guard=lock.assert_held)
+    with contextlib.closing(iter(dispatcher.run(context, cfg, tasks, cfg.workers))) as results:
+        for result in results:
+            yield from reporter.events(result)
+            if lock.lost.is_set():
+                reporter.failures.append(
+                    ChunkFailure("(the rest)", f"the step lost the lock of source {cfg.name}; it stopped", True)
+                )
+                return
+
+
+def reuse_storage_connections(instance: Any) -> None:
+    """For the rest of this run's process, Dagster's storage statements reuse pooled connections.
+
+    Outside its webserver, Dagster's PostgreSQL storage opens a new connection for every statement; a
+    copying step records two events per chunk (about seven connections), which on a busy machine cost
+    the copy a fifth of its speed (``benchmarks/dagster_vs_cli.py``). The webserver's own setting,
+    applied here, keeps one connection open instead (no statement timeout: the same as without it).
+    """
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=8)
