@@ -220,7 +220,7 @@ class LambdaCompute(_RemoteCompute):
     function_name: str = Field(min_length=1)
     timeout_seconds: int = Field(
         default=LAMBDA_MAX_SECONDS,
-        ge=10,
+        ge=1,
         le=LAMBDA_MAX_SECONDS,
         description="the function's configured timeout (AWS allows at most 900 s); the Dagster side waits this "
         "long plus 60 s for an invocation and never sends it twice",

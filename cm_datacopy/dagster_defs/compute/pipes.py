@@ -46,7 +46,8 @@ class StepContext:
     """
 
     def __init__(self, context: Any) -> None:
-        self._context = context
+        # An asset step's context wraps an op context that Pipes can use without deprecated attributes.
+        self._context = getattr(context, "op_execution_context", context)
 
     def set_requires_typed_event_stream(self, *, error_message: str | None = None) -> None:
         return None
