@@ -59,7 +59,7 @@ def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST")).read()  # global state
-    for service in ("ECS", "EC2", "LOGS", "S3", "SECRETS_MANAGER"):
+    for service in ("ECS", "EC2", "CLOUDWATCH_LOGS", "S3", "SECRETS_MANAGER"):
         monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", url)
     yield url
     server.stop()

@@ -96,9 +96,14 @@ class EcsAgent:
             for tasks in list(backend.tasks.values()):
                 for arn, task in list(tasks.items()):
                     if arn not in self.runs:
-                        self._launch(backend, arn, task)
+                        try:
+                            self._launch(backend, arn, task)
+                        except Exception as exc:  # e.g. a secret that does not exist: ECS cannot start it
+                            self.runs[arn] = ContainerRun(arn, [], {}, None, None)
+                            self._mark_stopped(task, None, "TaskFailedToStart", f"{type(exc).__name__}: {exc}")
                     run = self.runs[arn]
-                    if task.desired_status == "STOPPED" and run.proc is not None and run.proc.poll() is None:
+                    stopping = task.desired_status == "STOPPED" and not run.stop_requested
+                    if stopping and run.proc is not None and run.proc.poll() is None:
                         self._stop_container(task, run)
             time.sleep(0.05)
 

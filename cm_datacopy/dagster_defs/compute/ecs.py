@@ -99,6 +99,7 @@ class _MessagesOnlyCloudWatchReader(PipesCloudWatchMessageReader):
 
 class EcsDispatcher(PipesDispatcher):
     kind = "ECS"
+    cancel_grace_seconds = 60.0  # stopped tasks end within stopTimeout; their sessions then close
 
     def __init__(self, settings: EcsCompute) -> None:
         self.settings = settings

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -79,12 +80,14 @@ class PipesDispatcher:
     """Runs a step's chunks, ``in_flight`` at a time, each in its own thread and Pipes session.
 
     Subclasses implement ``invoke`` (one chunk, blocking) and may implement ``cancel`` (stop chunks still
-    running when the step ends early). The threads are daemons: a run worker that is told to stop does
-    not wait for a 15-minute invocation it cannot cancel (the chunk rolls back at its deadline, and its
-    attempt fence keeps it from committing over a newer attempt).
+    running when the step ends early), then wait ``cancel_grace_seconds`` for their sessions to close.
+    The threads are daemons: a run worker that is told to stop does not wait for a 15-minute invocation
+    it cannot cancel (the chunk rolls back at its deadline, and its attempt fence keeps it from
+    committing over a newer attempt).
     """
 
     kind = "remote"
+    cancel_grace_seconds = 0.0
 
     def invoke(self, context: Any, cfg: SourceConfig, request: ChunkRequest) -> ChunkResult:
         raise NotImplementedError
@@ -107,6 +110,7 @@ class PipesDispatcher:
         results: queue.Queue[ChunkResult] = queue.Queue()
         pending = list(tasks)
         running = 0
+        threads: list[threading.Thread] = []
         ledger = Ledger(cfg.postgres.ledger_schema)
         pg: psycopg.Connection[Any] | None = None
         try:
@@ -122,12 +126,11 @@ class PipesDispatcher:
                         retryable = isinstance(exc, psycopg.OperationalError) or getattr(exc, "retryable", False)
                         results.put(failed(task, f"cannot dispatch chunk {task.name}: {exc}", retryable=retryable))
                     else:
-                        threading.Thread(
-                            target=self._one,
-                            args=(step, cfg, request, results),
-                            name=f"chunk-{task.name}",
-                            daemon=True,
-                        ).start()
+                        thread = threading.Thread(
+                            target=self._one, args=(step, cfg, request, results), name=f"chunk-{task.name}", daemon=True
+                        )
+                        thread.start()
+                        threads.append(thread)
                     running += 1
                 result = results.get()
                 running -= 1
@@ -137,6 +140,9 @@ class PipesDispatcher:
                 pg.close()
             if running:
                 self.cancel(context)
+                grace_until = time.monotonic() + self.cancel_grace_seconds
+                for thread in threads:
+                    thread.join(max(0.0, grace_until - time.monotonic()))
 
     def _one(self, context: Any, cfg: SourceConfig, request: ChunkRequest, results: queue.Queue[ChunkResult]) -> None:
         try:
