@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cm_datacopy.cli.output import console, err_console, print_status
 from cm_datacopy.config import CONFIG_ENV, load_config
-from cm_datacopy.errors import DatacopyError
+from cm_datacopy.errors import ConfigError, DatacopyError
 from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.redact import RedactingFilter, redact
 from cm_datacopy.run.check import check_source
@@ -309,7 +309,12 @@ def demo(workdir: str, rows: int) -> None:
 @_user_errors
 def ui(workdir: str, rows: int, host: str, port: int) -> None:
     """The Dagster UI and daemon on the demo's stand-ins: assets, backfills, the auto-resume sensor."""
-    from cm_datacopy.dagster_defs.ui import run_ui
+    try:
+        from cm_datacopy.dagster_defs.ui import run_ui
+    except ModuleNotFoundError as exc:  # a core install: no [dagster] extra
+        if not (exc.name or "").startswith("dagster"):
+            raise
+        raise ConfigError(str(exc)) from None
 
     sys.exit(run_ui(workdir, rows, host, port, console))
 
