@@ -7,6 +7,7 @@ AWS service the code under test calls is pointed, through botocore's per-service
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.postgres.lock import SourceLock
 from cm_datacopy.run.resume import start_or_resume
 from cm_datacopy.standin.snowflake import StandinSnowflake
-from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, load, sf_execute, write_config
+from cm_datacopy_tests.helpers import REPO, SNOWFLAKE_PASSWORD_ENV, load, sf_execute, write_config
 
 REGION = "us-east-1"
 BUCKET = "cm-datacopy-pipes"
@@ -140,3 +141,29 @@ def worker_env(planned: Planned, **extra: str) -> dict[str, str]:
         SNOWFLAKE_PASSWORD_ENV: os.environ[SNOWFLAKE_PASSWORD_ENV],
         **extra,
     }
+
+
+# API operations whose IAM action has another name.
+_IAM_ACTIONS = {"lambda:Invoke": "lambda:InvokeFunction", "s3:HeadObject": "s3:GetObject"}
+
+
+def record_calls(*clients: Any) -> list[str]:
+    """The IAM actions of the calls these boto3 clients make from now on."""
+    calls: list[str] = []
+
+    def record(model: Any, **kwargs: Any) -> None:
+        action = f"{model.service_model.signing_name}:{model.name}"
+        calls.append(_IAM_ACTIONS.get(action, action))
+
+    for client in clients:
+        if client is not None:
+            client.meta.events.register("before-call", record)
+    return calls
+
+
+def allowed_actions(policy: str) -> set[str]:
+    document = json.loads((REPO / "deploy" / "iam" / policy).read_text())
+    actions: set[str] = set()
+    for statement in document["Statement"]:
+        actions.update([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    return actions

@@ -17,7 +17,15 @@ import pytest
 
 from cm_datacopy.dagster_defs.compute.ecs import EcsDispatcher
 from cm_datacopy.run.verify import verify_table
-from cm_datacopy_tests.aws.conftest import BUCKET, EVENTS_ROWS, REGION, Planned, aws_env
+from cm_datacopy_tests.aws.conftest import (
+    BUCKET,
+    EVENTS_ROWS,
+    REGION,
+    Planned,
+    allowed_actions,
+    aws_env,
+    record_calls,
+)
 from cm_datacopy_tests.aws.ecs_agent import EcsAgent, python_env
 from cm_datacopy_tests.aws.step import chunk_state, key, run_step, slow_chunk
 from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV
@@ -110,8 +118,12 @@ def assert_copied(planned: Planned) -> None:
 def test_chunks_copy_through_ecs_in_one_step(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs))
     register_worker(planned)
-    step = run_step(planned, EcsDispatcher(planned.cfg.compute.ecs), in_flight=3)
+    dispatcher = EcsDispatcher(planned.cfg.compute.ecs)
+    calls = record_calls(dispatcher.ecs_client, dispatcher.logs_client)
+    step = run_step(planned, dispatcher, in_flight=3)
     assert step.run.success, step.failure
+    assert {"ecs:RunTask", "ecs:DescribeTasks", "logs:GetLogEvents"} <= set(calls)
+    assert set(calls) <= allowed_actions("dagster-ecs-dispatch.json")
     assert [r.outcome for r in step.results.values()] == ["copied"] * 3
     for index, result in step.results.items():
         assert step.materialized[key(index)]["rows"] == result.rows > 0 and result.verified
@@ -138,8 +150,11 @@ def test_s3_messages(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs, messages_bucket=BUCKET))
     register_worker(planned)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    step = run_step(planned, EcsDispatcher(planned.cfg.compute.ecs), indexes=[0, 1])
+    dispatcher = EcsDispatcher(planned.cfg.compute.ecs)
+    calls = record_calls(dispatcher.ecs_client, dispatcher.logs_client, dispatcher.s3_client)
+    step = run_step(planned, dispatcher, indexes=[0, 1])
     assert step.run.success, step.failure
+    assert "s3:GetObject" in calls and set(calls) <= allowed_actions("dagster-ecs-dispatch.json")
     assert boto3.client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] >= 2
     assert [step.results[i].outcome for i in (0, 1)] == ["copied", "copied"]
 

@@ -17,7 +17,16 @@ import pytest
 
 from cm_datacopy.dagster_defs.compute.lambda_ import LambdaDispatcher
 from cm_datacopy.run.verify import verify_table
-from cm_datacopy_tests.aws.conftest import BUCKET, EVENTS_ROWS, REGION, Planned, aws_env, worker_env
+from cm_datacopy_tests.aws.conftest import (
+    BUCKET,
+    EVENTS_ROWS,
+    REGION,
+    Planned,
+    allowed_actions,
+    aws_env,
+    record_calls,
+    worker_env,
+)
 from cm_datacopy_tests.aws.fake_lambda import FakeFunction, FakeLambda
 from cm_datacopy_tests.aws.step import chunk_state, fast_again, key, run_step, slow_chunk
 from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV
@@ -68,8 +77,11 @@ def test_chunks_copy_through_lambda_in_one_step(plan_source, moto_url, monkeypat
     )
     env = {"CM_DATACOPY_CONFIG": str(planned.config), "CM_DATACOPY_SECRETS": "cm-datacopy/worker"}
     with fake_lambda(planned, monkeypatch, environment=env) as server:
-        step = run_step(planned, LambdaDispatcher(planned.cfg.compute.lambda_), in_flight=3)
+        dispatcher = LambdaDispatcher(planned.cfg.compute.lambda_)
+        calls = record_calls(dispatcher.lambda_client, dispatcher.s3_client)
+        step = run_step(planned, dispatcher, in_flight=3)
     assert step.run.success, step.failure
+    assert calls == ["lambda:InvokeFunction"] * 3 and set(calls) <= allowed_actions("dagster-lambda-dispatch.json")
     assert [r.outcome for r in step.results.values()] == ["copied"] * 3
     assert sum(r.rows for r in step.results.values()) == EVENTS_ROWS
     for index, result in step.results.items():
@@ -213,8 +225,11 @@ def test_s3_messages_survive_later_logs(plan_source, moto_url, monkeypatch):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     with fake_lambda(planned, monkeypatch, extension_log_bytes=5000):
-        step = run_step(planned, LambdaDispatcher(planned.cfg.compute.lambda_))
+        dispatcher = LambdaDispatcher(planned.cfg.compute.lambda_)
+        calls = record_calls(dispatcher.lambda_client, dispatcher.s3_client)
+        step = run_step(planned, dispatcher)
     assert step.run.success, step.failure
+    assert set(calls) == {"lambda:InvokeFunction", "s3:GetObject"} <= allowed_actions("dagster-lambda-dispatch.json")
     assert {r.outcome for r in step.results.values()} == {"copied"}
     assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] >= 3  # the messages (they need a lifecycle rule)
     assert_copied(planned)
