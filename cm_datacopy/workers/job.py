@@ -78,10 +78,11 @@ class ChunkJob:
         try:
             export_secrets()
             cfg = load_config().source(task.source)
-            if cfg.fingerprint() != self.request.config_fingerprint:
+            expected = self.request.config_fingerprint
+            if expected is not None and cfg.fingerprint() != expected:
                 raise ConfigError(
                     f"the worker's config for source {task.source!r} differs from the Dagster side's (fingerprint "
-                    f"{cfg.fingerprint()}, expected {self.request.config_fingerprint}): deploy the same config file "
+                    f"{cfg.fingerprint()}, expected {expected}): deploy the same config file "
                     "to the worker"
                 )
         except DatacopyError as exc:

@@ -36,7 +36,8 @@ class ChunkRequest:
     """One chunk for a worker.
 
     ``config_fingerprint``: the Dagster side's ``SourceConfig.fingerprint()``; a worker whose config file
-    differs (an image built from another config) refuses the chunk instead of copying other rows.
+    differs (an image built from another config) refuses the chunk instead of copying other rows. A
+    request made by hand may leave it out.
     ``asset_key``: the asset to report the materialization and check for (Pipes' user string, ``a/b/c``);
     None for a step that is not an asset (the ChunkResult is reported all the same).
     ``time_limit_seconds``: how long the worker may run (ECS); a Lambda worker takes its invocation's
@@ -44,7 +45,7 @@ class ChunkRequest:
     """
 
     task: ChunkTask
-    config_fingerprint: str
+    config_fingerprint: str | None = None
     asset_key: str | None = None
     deadline_margin_seconds: float = DEFAULT_DEADLINE_MARGIN_SECONDS
     time_limit_seconds: float | None = None
@@ -61,13 +62,14 @@ class ChunkRequest:
             raise BadRequest("a chunk request needs 'task' with source, run_id, table_key and chunk_index")
         if not isinstance(task["chunk_index"], int) or isinstance(task["chunk_index"], bool):
             raise BadRequest(f"the task's chunk_index must be an integer, not {task['chunk_index']!r}")
-        if not isinstance(data.get("config_fingerprint"), str):
-            raise BadRequest("a chunk request needs 'config_fingerprint' (the Dagster side's config fingerprint)")
+        fingerprint = data.get("config_fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise BadRequest("a chunk request's 'config_fingerprint' is text (the Dagster side's config fingerprint)")
         limit = data.get("time_limit_seconds")
         try:
             return cls(
                 task=ChunkTask.from_json(task),
-                config_fingerprint=data["config_fingerprint"],
+                config_fingerprint=fingerprint,
                 asset_key=data.get("asset_key"),
                 deadline_margin_seconds=float(data.get("deadline_margin_seconds", DEFAULT_DEADLINE_MARGIN_SECONDS)),
                 time_limit_seconds=None if limit is None else float(limit),

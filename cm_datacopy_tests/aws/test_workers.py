@@ -60,7 +60,8 @@ def test_lambda_handler_invoked_by_hand(plan_source, monkeypatch):
         def get_remaining_time_in_millis(self) -> int:
             return 60_000
 
-    result = lambda_handler.handler(request(planned, 0), Context())
+    by_hand = {"task": {k: v for k, v in request(planned, 0)["task"].items() if k != "fence"}}  # as in the docs
+    result = lambda_handler.handler(by_hand, Context())
     assert result["outcome"] == "copied" and result["rows"] == planned.target_count()
     assert 25 < result["task"]["deadline"] - time.time() <= 30  # 60 s left, 30 s margin
     mismatch = lambda_handler.handler(dict(request(planned, 1), config_fingerprint="f" * 16), Context())
