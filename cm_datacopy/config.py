@@ -193,39 +193,121 @@ class TableConfig(_Strict):
         return f"{self.target_schema}.{self.target_name}"
 
 
-class LambdaCompute(_Strict):
-    """Chunks run on AWS Lambda (one synchronous invocation per chunk, through Dagster Pipes)."""
+LAMBDA_MAX_SECONDS = 900  # AWS Lambda's limit per invocation
+
+
+class _RemoteCompute(_Strict):
+    """What the Lambda and ECS settings share: the region, the time limit, and where Pipes messages go."""
+
+    region: str = Field(min_length=1)
+    messages_bucket: str | None = Field(
+        default=None,
+        min_length=3,
+        description="S3 bucket for the chunks' reports to Dagster (Pipes messages); without it reports travel in "
+        "the logs. Give its objects a lifecycle rule: they are never deleted",
+    )
+    deadline_margin_seconds: int = Field(
+        default=30,
+        ge=1,
+        description="a chunk gives up (rolls back, retryable) this long before its time limit, leaving time to "
+        "record the failure and send the report",
+    )
+
+
+class LambdaCompute(_RemoteCompute):
+    """Chunks run on AWS Lambda: one synchronous invocation per chunk, through Dagster Pipes."""
 
     function_name: str = Field(min_length=1)
-    region: str = Field(min_length=1)
+    timeout_seconds: int = Field(
+        default=LAMBDA_MAX_SECONDS,
+        ge=1,
+        le=LAMBDA_MAX_SECONDS,
+        description="the function's configured timeout (AWS allows at most 900 s); the Dagster side waits this "
+        "long plus 60 s for an invocation and never sends it twice",
+    )
+
+    @model_validator(mode="after")
+    def _margin_fits(self) -> LambdaCompute:
+        if self.deadline_margin_seconds >= self.timeout_seconds:
+            raise ValueError(
+                f"deadline_margin_seconds ({self.deadline_margin_seconds}) must be below timeout_seconds "
+                f"({self.timeout_seconds})"
+            )
+        return self
 
 
-class EcsCompute(_Strict):
-    """Chunks run as AWS ECS tasks (one task per chunk, through Dagster Pipes)."""
+class EcsCompute(_RemoteCompute):
+    """Chunks run as AWS ECS tasks: one task per chunk, through Dagster Pipes; its logs through ``awslogs``."""
 
     cluster: str = Field(min_length=1)
-    task_definition: str = Field(min_length=1)
-    container: str = Field(min_length=1)
-    region: str = Field(min_length=1)
+    task_definition: str = Field(min_length=1, description="family, family:revision or ARN of the worker's task")
+    container: str = Field(min_length=1, description="the worker's container in the task definition")
+    launch_type: Literal["FARGATE", "EC2"] = "FARGATE"
+    subnets: list[str] = Field(default_factory=list, description="awsvpc subnets (private ones that reach PostgreSQL)")
+    security_groups: list[str] = Field(default_factory=list)
+    assign_public_ip: bool = Field(default=False, description="only for public subnets without a NAT gateway")
+    timeout_seconds: int = Field(
+        default=840,
+        ge=10,
+        description="longest a chunk's task may copy: the worker rolls back before it; the dispatcher stops a task "
+        "still running after start_timeout_seconds + timeout_seconds",
+    )
+    start_timeout_seconds: int = Field(
+        default=600, ge=10, description="time for ECS to place the task and pull the image before it runs"
+    )
+    poll_seconds: int = Field(
+        default=6, ge=1, description="how often the dispatcher asks ECS whether a task stopped (DescribeTasks)"
+    )
+
+    @model_validator(mode="after")
+    def _network_fits(self) -> EcsCompute:
+        if self.launch_type == "FARGATE" and not self.subnets:
+            raise ValueError("launch_type FARGATE needs subnets (awsvpc networking): list the worker's private subnets")
+        if self.deadline_margin_seconds >= self.timeout_seconds:
+            raise ValueError(
+                f"deadline_margin_seconds ({self.deadline_margin_seconds}) must be below timeout_seconds "
+                f"({self.timeout_seconds})"
+            )
+        return self
 
 
 class ComputeConfig(_Strict):
     """Where the Dagster layer runs a source's chunks: in the run's process (threads), on Lambda or on ECS.
 
-    ``cm-datacopy run`` always copies in its own process.
+    ``cm-datacopy run`` always copies in its own process. ``chunk_max_seconds`` sizes the chunks of every
+    kind: the planner cuts a table so that, at the rows per second its earlier runs measured, a chunk takes
+    at most this long (without history, ``chunk_size`` rows).
     """
 
     kind: Literal["in_process", "lambda", "ecs"] = "in_process"
     lambda_: LambdaCompute | None = Field(default=None, alias="lambda")
     ecs: EcsCompute | None = None
+    chunk_max_seconds: int = Field(
+        default=LAMBDA_MAX_SECONDS // 2,
+        ge=1,
+        description="longest a chunk should take, by the rows per second measured in earlier runs of its table; "
+        "default: half of Lambda's 15 minutes",
+    )
 
     @model_validator(mode="after")
     def _settings_for_kind(self) -> ComputeConfig:
         if self.kind == "lambda" and self.lambda_ is None:
             raise ValueError("kind: lambda needs a 'lambda' section (function_name, region)")
         if self.kind == "ecs" and self.ecs is None:
-            raise ValueError("kind: ecs needs an 'ecs' section (cluster, task_definition, container, region)")
+            raise ValueError("kind: ecs needs an 'ecs' section (cluster, task_definition, container, region, subnets)")
+        limit = self.remote
+        if limit is not None and self.chunk_max_seconds > limit.timeout_seconds - limit.deadline_margin_seconds:
+            raise ValueError(
+                f"chunk_max_seconds ({self.chunk_max_seconds}) must leave the chunk time to finish: at most "
+                f"{self.kind}.timeout_seconds - deadline_margin_seconds "
+                f"({limit.timeout_seconds - limit.deadline_margin_seconds})"
+            )
         return self
+
+    @property
+    def remote(self) -> LambdaCompute | EcsCompute | None:
+        """The settings of the chosen remote kind (None for in_process)."""
+        return {"lambda": self.lambda_, "ecs": self.ecs}.get(self.kind)
 
 
 class SourceConfig(_Strict):
@@ -254,6 +336,20 @@ class SourceConfig(_Strict):
         default="fail", description="PostgreSQL text cannot hold NUL: fail the chunk naming the row, or replace"
     )
     nul_replacement: str = Field(default="\ufffd", description="what replaces a NUL byte when nul_bytes: replace")
+
+    @model_validator(mode="after")
+    def _chunk_timeout_outlasts_the_worker(self) -> SourceConfig:
+        """PostgreSQL ends a chunk's transaction after chunk_timeout_seconds and the next attempt ends a
+        holder older than that: a worker still allowed to run must never look stale."""
+        remote = self.compute.remote
+        if remote is not None and self.chunk_timeout_seconds <= remote.timeout_seconds:
+            what = "the Lambda function's timeout" if self.compute.kind == "lambda" else "the ECS chunk time limit"
+            raise ValueError(
+                f"chunk_timeout_seconds ({self.chunk_timeout_seconds}) must exceed compute.{self.compute.kind}."
+                f"timeout_seconds ({remote.timeout_seconds}), {what}: else PostgreSQL could end a chunk the worker "
+                f"is still copying. Set chunk_timeout_seconds to at least {remote.timeout_seconds + 60}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_targets(self) -> SourceConfig:

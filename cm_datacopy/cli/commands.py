@@ -31,7 +31,7 @@ from cm_datacopy.cli.output import (
     setup_logging,
 )
 from cm_datacopy.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, SourceConfig, load_config
-from cm_datacopy.errors import ConnectionCheckError, DatacopyError
+from cm_datacopy.errors import ConfigError, ConnectionCheckError, DatacopyError
 from cm_datacopy.postgres.ledger import Ledger, LedgerConflict
 from cm_datacopy.redact import outside
 from cm_datacopy.run import status as run_status
@@ -485,7 +485,12 @@ def demo(workdir: str, rows: int, keep: bool, stop_kept: bool) -> None:
 @_user_errors
 def ui(workdir: str, rows: int, host: str, port: int) -> None:
     """The Dagster UI and daemon on the demo's stand-ins: assets, backfills, the auto-resume sensor."""
-    from cm_datacopy.dagster_defs.ui import run_ui
+    try:
+        from cm_datacopy.dagster_defs.ui import run_ui
+    except ModuleNotFoundError as exc:  # a core install: no [dagster] extra
+        if not (exc.name or "").startswith("dagster"):
+            raise
+        raise ConfigError(str(exc)) from None
 
     sys.exit(run_ui(workdir, rows, host, port, console))
 

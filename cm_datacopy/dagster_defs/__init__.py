@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
+try:
+    import dagster as dg
+except ModuleNotFoundError as exc:  # the core install (pip install cm_datacopy) has no Dagster
+    raise ModuleNotFoundError(
+        "the Dagster layer needs the dagster extra: pip install 'cm_datacopy[dagster]'", name=exc.name
+    ) from None
 
 from cm_datacopy.config import Config, config_path, load_config
 from cm_datacopy.dagster_defs import partitions

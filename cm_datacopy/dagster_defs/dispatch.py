@@ -10,9 +10,9 @@ A step that stops early closes the dispatcher's iterator (Python's ``close()``, 
 exception or when Dagster terminates the run): the dispatcher then starts no new chunk and ends
 the ones in flight, which roll back unless they are already committing.
 
-Adding a compute kind: a module ``cm_datacopy.dagster_defs.compute.<kind>`` with a function
-``dispatcher(cfg) -> ChunkDispatcher``, and a branch in ``dispatcher_for``. It is imported only
-for sources that use it, so its client libraries load only where they are needed.
+The remote kinds live in ``cm_datacopy.dagster_defs.compute`` (``LambdaDispatcher``,
+``EcsDispatcher``, both over Dagster Pipes); ``dispatcher_for`` imports them only for sources that
+use them, so their client libraries load only where they are needed.
 """
 
 from __future__ import annotations
@@ -98,11 +98,13 @@ def dispatcher_for(cfg: SourceConfig, *, guard: Guard | None = None) -> ChunkDis
     if kind == "in_process":
         return InProcessDispatcher(guard)
     if kind == "lambda":
-        from cm_datacopy.dagster_defs.compute import lambda_
+        from cm_datacopy.dagster_defs.compute.lambda_ import LambdaDispatcher
 
-        return lambda_.dispatcher(cfg)
+        assert cfg.compute.lambda_ is not None  # validated with the config
+        return LambdaDispatcher(cfg.compute.lambda_)
     if kind == "ecs":
-        from cm_datacopy.dagster_defs.compute import ecs
+        from cm_datacopy.dagster_defs.compute.ecs import EcsDispatcher
 
-        return ecs.dispatcher(cfg)
+        assert cfg.compute.ecs is not None  # validated with the config
+        return EcsDispatcher(cfg.compute.ecs)
     raise ValueError(f"unknown compute kind {kind!r}")

@@ -2,6 +2,11 @@
 
 ``preview`` is ``cm-datacopy plan``; ``resume.start_or_resume`` stores a plan with a new run, so a
 resume copies exactly the same chunks.
+
+Chunk size: ``chunk_size`` rows, fewer when the ledger shows that the table copied too slowly for
+that: a chunk must fit its runtime's limit (a Lambda invocation stops after 15 minutes), so the planner
+takes the rows per second of the table's chunks in the source's latest run that copied any, and cuts
+chunks of at most ``compute.chunk_max_seconds`` at that speed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import psycopg
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.errors import PlanError
 from cm_datacopy.postgres import target
+from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.ranges import Chunk, plan_chunks
 from cm_datacopy.snowflake import session as sf_session
 from cm_datacopy.snowflake.boundaries import chunk_boundaries
@@ -52,6 +58,7 @@ def plan_tables(
     """
     plans, problems = [], []
     postgis = target.has_postgis(pg)
+    measured = measured_rows_per_second(cfg, pg)
     for table in cfg.tables:
         ref = table_ref(cfg.snowflake, table)
         try:
@@ -64,8 +71,9 @@ def plan_tables(
         for col in profiled or []:
             problems += [f"{table.source}.{col.column}: {text}" for text in col.blocking]
         key = next((c for c in columns if c.source_name == table.chunk_key), None)
+        rows_per_chunk = chunk_rows(cfg, table, measured.get(table.key))
         bounds = (
-            chunk_boundaries(sf, Scan(ref, snapshot_at), key.source_name, key.key_kind or "int", table.chunk_size)
+            chunk_boundaries(sf, Scan(ref, snapshot_at), key.source_name, key.key_kind or "int", rows_per_chunk)
             if key is not None
             else []
         )
@@ -74,6 +82,27 @@ def plan_tables(
     if problems:
         raise PlanError("\n".join(problems))
     return plans
+
+
+def measured_rows_per_second(cfg: SourceConfig, pg: psycopg.Connection, runs: int = 5) -> dict[str, float]:
+    """Rows per second of one chunk, per table, in the latest of the source's last ``runs`` runs that copied
+    chunks of it (a chunk's seconds run from its claim to its commit)."""
+    ledger = Ledger(cfg.postgres.ledger_schema)
+    if not ledger.exists(pg):
+        return {}
+    rates: dict[str, float] = {}
+    for run in ledger.runs(pg, cfg.name, runs):
+        for row in ledger.table_progress(pg, run.run_id):
+            if row["rows_per_second"] and row["table_key"] not in rates:
+                rates[row["table_key"]] = float(row["rows_per_second"])
+    return rates
+
+
+def chunk_rows(cfg: SourceConfig, table: TableConfig, rows_per_second: float | None) -> int:
+    """Rows per chunk: ``chunk_size``, or fewer if at the measured speed a chunk would outlast ``chunk_max_seconds``."""
+    if not rows_per_second:
+        return table.chunk_size
+    return max(1, min(table.chunk_size, int(rows_per_second * cfg.compute.chunk_max_seconds)))
 
 
 def preview(cfg: SourceConfig, *, profile_columns: bool = False) -> tuple[list[TablePlan], list[str]]:
