@@ -160,3 +160,31 @@ def test_a_lock_held_on_the_target_is_named_not_blamed_on_another_worker(snowfla
     )
     assert errors == [(True,)], "a lock wait is worth another attempt"
     assert cli(config_path, "run", "analytics").returncode == 0
+
+
+def test_a_chunk_of_a_replaced_run_commits_nothing(snowflake_server, sf_db, pg_db, config_path):
+    """A worker that holds no source lock (a Lambda, an ECS task) and wakes up with a chunk of a run
+    that was replaced meanwhile: its rows never land over the newer run's."""
+    from cm_datacopy.chunk import ChunkTask, copy_chunk
+    from cm_datacopy.postgres.ledger import Ledger
+    from cm_datacopy.run.resume import start_or_resume
+    from cm_datacopy_tests.helpers import load
+
+    _events_table(snowflake_server, sf_db, 3_000)
+    _events_config(config_path, snowflake_server, sf_db, pg_db, chunk_size=1000)
+    cfg = load(config_path).source("analytics")
+    with psycopg.connect(**cfg.postgres.connect_kwargs()) as pg:
+        old = start_or_resume(cfg, pg)
+        chunk = Ledger().chunks(pg, old.run_id)[1]
+    assert cli(config_path, "run", "analytics", "--no-resume").returncode == 0
+    before = pg_rows(pg_db, "SELECT count(*), sum(hashtext(body)), max(xmin::text::bigint) FROM copy.events")
+
+    late = copy_chunk(cfg, ChunkTask("analytics", old.run_id, chunk.table_key, chunk.index))
+    assert late.outcome == "superseded" and late.retryable is False
+    assert "superseded" in (late.error or "")
+    assert pg_rows(pg_db, "SELECT count(*), sum(hashtext(body)), max(xmin::text::bigint) FROM copy.events") == before
+    assert pg_rows(
+        pg_db,
+        "SELECT status FROM migration_status.migration_chunk_status WHERE run_id = %s AND chunk_index = %s",
+        (old.run_id, chunk.index),
+    ) != [("done",)]

@@ -42,7 +42,7 @@ from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, DeadlineExceeded, StopRequested, TruncationRefused
 from cm_datacopy.postgres.encoder import CsvEncoder, copy_batches
 from cm_datacopy.postgres.fence import claim_attempt
-from cm_datacopy.postgres.ledger import ChunkState, Ledger
+from cm_datacopy.postgres.ledger import ChunkState, Ledger, RunClosed
 from cm_datacopy.postgres.sql import BoundIdentifier, chunk_where
 from cm_datacopy.snowflake.scan import Scan, read_batches
 
@@ -143,6 +143,7 @@ def copy_chunk(
                     )
                 limits.check("before the commit")
                 step = "committing"
+                ledger.hold_open_run(cur, run.run_id)
                 if guard is not None:
                     guard(cur)
                 w.committing = True
@@ -175,6 +176,10 @@ def copy_chunk(
                 nul_replaced=nuls.replaced,
                 worker=worker_name(),
             )
+        except RunClosed as exc:
+            w.committing = False
+            w.reset()
+            return ChunkResult(task, "superseded", attempt=attempt, error=str(exc), retryable=False)
         except Exception as exc:
             w.committing = False
             if stop is not None and stop.is_set() and not isinstance(exc, DatacopyError):

@@ -123,6 +123,10 @@ _MIGRATIONS: list[str] = [
 VERSION = len(_MIGRATIONS)
 
 
+class RunClosed(DatacopyError):
+    """The run was completed or replaced (superseded) while this work was in flight: it commits nothing."""
+
+
 class LedgerConflict(ConfigError):
     """The ledger schema holds tables cm_datacopy did not create (e.g. the replaced system's)."""
 
@@ -743,6 +747,18 @@ class Ledger:
         )
         status, attempts = cur.fetchone()  # type: ignore[misc]
         return ChunkState(status, attempts)
+
+    def hold_open_run(self, cur: psycopg.Cursor[Any], run_id: str) -> None:
+        """Inside a transaction about to commit a run's work: the run is still open, and stays so until
+        this transaction ends (its row is share-locked, so starting a newer run of the source — which
+        supersedes this one — waits for the commit, and a commit after that sees 'superseded' here).
+        A worker that cannot hold the source's lock (a Lambda, an ECS task) is thus never able to
+        write a replaced run's rows over a newer run's."""
+        cur.execute(self.q("SELECT status FROM {s}.migration_runs WHERE run_id = %s FOR SHARE"), (run_id,))
+        row = cur.fetchone()
+        status = row[0] if row else "missing"
+        if status not in RUN_OPEN:
+            raise RunClosed(f"run {run_id} is {status}: a newer run replaced it or it ended; this work is discarded")
 
     def chunk_state(self, conn: psycopg.Connection[Any], run_id: str, table_key: str, index: int) -> ChunkState:
         with conn.cursor(row_factory=dict_row) as cur:

@@ -71,6 +71,7 @@ def publish_table(cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str, t
             return PublishResult(table_key, False)
         if state.published_at is not None:
             return PublishResult(table_key, True, state.published_rows or 0)
+        ledger.hold_open_run(cur, run_id)  # a replaced run never swaps its (dropped) shadow in
         # Layer 1, the ledger: every chunk of this table is done and its checksums agree.
         if state.chunks_done != state.chunks_total or state.chunks_unverified:
             raise TruncationRefused(
