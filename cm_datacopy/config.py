@@ -242,9 +242,13 @@ class EcsCompute(_RemoteCompute):
     cluster: str = Field(min_length=1)
     task_definition: str = Field(min_length=1, description="family, family:revision or ARN of the worker's task")
     container: str = Field(min_length=1, description="the worker's container in the task definition")
-    launch_type: Literal["FARGATE", "EC2"] = "FARGATE"
+    launch_type: Literal["FARGATE", "EC2"] = Field(
+        default="FARGATE", description="FARGATE, or EC2 for a cluster of your own instances"
+    )
     subnets: list[str] = Field(default_factory=list, description="awsvpc subnets (private ones that reach PostgreSQL)")
-    security_groups: list[str] = Field(default_factory=list)
+    security_groups: list[str] = Field(
+        default_factory=list, description="awsvpc security groups: outbound to PostgreSQL, Snowflake and AWS APIs"
+    )
     assign_public_ip: bool = Field(default=False, description="only for public subnets without a NAT gateway")
     timeout_seconds: int = Field(
         default=840,

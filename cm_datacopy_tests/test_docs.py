@@ -8,7 +8,11 @@ Conventions of the docs (what this file relies on):
 - ```sql blocks are diagnostic SQL for the demo's ledger (run in a transaction rolled back);
   ```sql setup blocks are a DBA's set-up, run in a fresh database; ```sql snowflake blocks are
   Snowflake SQL (the stand-in has no access control: not run).
-- ```yaml blocks are whole config files; ```python blocks run; ```text / ```json are output.
+- ```yaml blocks are whole config files; ```yaml fragment blocks are a source's settings, merged
+  into the starter config's source of that name and validated; ```python blocks run; ```text /
+  ```json are output.
+- ```bash aws blocks are deployment commands against a real AWS account (not reachable here): each
+  line must start with a command of AWS_COMMANDS, which names what the tests run instead.
 - `<!-- json: CMD -->` before a ```json block: the keys CMD prints, at every level.
 - `<run_id>` stands for the id of the latest run of the source in question.
 """
@@ -55,6 +59,18 @@ NOT_RUN_HERE = {
     "source .demo/env": "applied to every command here",
     ".venv/bin/python -m cm_datacopy_tests.faults": "test_faults.py (10 trials)",
 }
+# Commands of ```bash aws blocks (deployment, against a real AWS account), and what runs instead here.
+AWS_COMMANDS = {
+    "docker build": "aws/test_packaging.py replays the Dockerfile's build without a daemon",
+    "docker tag": "(image publishing: no registry here)",
+    "docker push": "(image publishing: no registry here)",
+    "aws ecr": "(image publishing: no registry here)",
+    "aws secretsmanager": "aws/ tests read the worker's secret from moto's Secrets Manager",
+    "aws s3api": "aws/ tests carry Pipes messages through moto's S3",
+    "aws lambda": "aws/test_lambda.py invokes the real handler through a local Invoke API",
+    "aws ecs": "aws/test_ecs.py runs the task definition's command through moto's ECS",
+    "sysctl": "(the Dagster host's kernel setting)",
+}
 # cm-datacopy commands that this file does not run as written, and what covers them.
 SPECIAL = {
     "cm-datacopy demo --keep": "the kept_demo fixture",
@@ -98,13 +114,14 @@ def blocks(pages: list[Path] = DOCS) -> list[Block]:
     return found
 
 
-def commands() -> list[tuple[Block, str]]:
-    """(block, command line) of every ```bash block, comments stripped, in reading order."""
+def commands(info: str = "bash") -> list[tuple[Block, str]]:
+    """(block, command) of every block fenced as ``info``, comments stripped, continuation lines joined."""
     found = []
     for block in blocks():
-        if block.lang != "bash":
+        if block.info != info:
             continue
-        for raw in block.text.splitlines():
+        joined = re.sub(r"\\\n\s*", " ", block.text)
+        for raw in joined.splitlines():
             line = raw.split(" #")[0].strip() if not raw.lstrip().startswith("#") else ""
             if line:
                 found.append((block, line))
@@ -209,6 +226,18 @@ def test_every_documented_command_runs(kept_demo: Demo):
     assert ran >= 30, f"only {ran} documented commands found"
 
 
+def test_every_documented_aws_command_is_covered():
+    lines = commands("bash aws")
+    assert lines, "the deployment pages show their AWS commands in ```bash aws blocks"
+    problems = [
+        f"{block.where}: `{line}` is not a deployment command this test knows"
+        for block, line in lines
+        if not any(line.startswith(prefix) for prefix in AWS_COMMANDS)
+    ]
+    problems += [f"unused entry {p!r}" for p in AWS_COMMANDS if not any(line.startswith(p) for _, line in lines)]
+    assert not problems, "\n".join(problems)
+
+
 def test_every_documented_sql_block_runs(kept_demo: Demo):
     problems, ran = [], 0
     run_id = kept_demo.latest_run("analytics")
@@ -260,12 +289,23 @@ def test_every_documented_python_snippet_runs(kept_demo: Demo, monkeypatch: pyte
 
 
 def test_every_documented_config_is_valid(tmp_path: Path):
-    configs = [b for b in blocks() if b.lang == "yaml"]
+    import yaml
+
+    configs = [b for b in blocks() if b.info == "yaml"]
     assert len(configs) >= 3
     for i, block in enumerate(configs):
         path = tmp_path / f"config{i}.yaml"
         path.write_text(block.text)
         load_config(path)  # raises ConfigError naming the problem
+    fragments = [b for b in blocks() if b.info == "yaml fragment"]
+    assert fragments, "the deployment pages show a source's compute settings as ```yaml fragment blocks"
+    for i, block in enumerate(fragments):
+        whole = yaml.safe_load(STARTER)
+        for name, body in yaml.safe_load(block.text)["sources"].items():
+            whole["sources"][name].update(body)
+        path = tmp_path / f"fragment{i}.yaml"
+        path.write_text(yaml.safe_dump(whole))
+        load_config(path)
 
 
 def _shape(value: Any) -> Any:
