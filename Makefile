@@ -18,7 +18,7 @@ demo: $(BIN)/cm-datacopy
 
 test: $(BIN)/cm-datacopy
 	$(BIN)/ruff check cm_datacopy cm_datacopy_tests benchmarks
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 ui: $(BIN)/cm-datacopy
 	$(BIN)/cm-datacopy ui

@@ -91,7 +91,17 @@ def test_screenshots_of_the_table_overview_and_the_chunk_partitions(tmp_path, mo
 
 
 def _shoot(chromium: str, tmp_path: Path) -> None:
-    work = tmp_path / "ui"
+    # Not under pytest's tmp_path: as root the embedded PostgreSQL runs as another user, who cannot enter
+    # pytest's 0700 base directories (one per xdist worker too).
+    work = Path(tempfile.mkdtemp(prefix="cmdc-ui-"))
+    work.chmod(0o755)
+    try:
+        _shoot_in(chromium, work, tmp_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _shoot_in(chromium: str, work: Path, tmp_path: Path) -> None:
     with ui_setup(work, UI_ROWS, Console(file=io.StringIO())) as setup, DagsterStack(work, setup.env) as stack:
         stack.start_webserver(lambda: len(stack.graphql("{ assetNodes { id } }")["assetNodes"]) == 8)
         stack.start_daemon()
