@@ -99,11 +99,22 @@ def _cast(arr: pa.Array, to: pa.DataType, column: ColumnPlan) -> pa.Array:
         if to.tz is None and arr.type.tz is not None:
             arr = arr.cast(pa.timestamp(arr.type.unit))  # the wall clock as UTC, as its CSV text was
         if arr.type.unit == "ns":
-            # Digits below the microsecond are truncated, as the checksum truncates them.
-            return pc.cast(arr, to, safe=False)
+            return _floor_micros(arr).cast(to)
     if pa.types.is_time(to) and pa.types.is_time(arr.type) and arr.type.unit == "ns":
-        return pc.cast(arr, to, safe=False)
+        return _floor_micros(arr).cast(to)
     return arr.cast(to)  # safe: overflow or lost digits raise
+
+
+def _floor_micros(arr: pa.Array) -> pa.Array:
+    """Nanoseconds as whole microseconds, the digits below dropped as the checksum drops them.
+
+    Towards the past, not towards zero (Arrow's unsafe cast): 1969-12-31 23:59:59.999999999 stays in 1969.
+    """
+    unit = pa.timestamp("us", tz=arr.type.tz) if pa.types.is_timestamp(arr.type) else pa.time64("us")
+    ns = arr.cast(pa.int64())
+    micros = pc.divide(ns, 1000)  # integer division, towards zero
+    below = pc.less(pc.subtract(ns, pc.multiply(micros, 1000)), 0)
+    return pc.subtract(micros, pc.cast(below, pa.int64())).cast(unit)
 
 
 class BinaryEncoder:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.binary import BinaryEncoder, wire_type
+from cm_datacopy.postgres.prefetch import Prefetch
 from cm_datacopy.typeplan import ColumnPlan
 
 log = logging.getLogger(__name__)
@@ -129,19 +130,26 @@ def copy_batches(
     batches: Iterable[pa.RecordBatch],
     prepare: Callable[[pa.RecordBatch], pa.RecordBatch] = lambda b: b,
 ) -> tuple[int, int]:
-    """COPY the batches into ``target`` (``prepare`` runs on each batch first); returns (rows, bytes sent)."""
+    """COPY the batches into ``target`` (``prepare`` runs on each batch first); returns (rows, bytes sent).
+
+    The next batch is fetched, prepared and encoded on a helper thread while this one writes the
+    current one into the COPY (``Prefetch``): reading Snowflake, encoding and PostgreSQL's parsing
+    overlap instead of taking turns. Whatever the helper raises is raised here.
+    """
     rows = nbytes = 0
-    with cur.copy(encoder.statement(target)) as copy:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if batch.num_columns != len(encoder.columns):
-                raise DatacopyError(
-                    f"Snowflake returned {batch.num_columns} columns, the plan has {len(encoder.columns)}"
-                )
-            data = encoder.encode(prepare(batch))
+    columns = len(encoder.columns)
+
+    def encoded(batch: pa.RecordBatch) -> tuple[int, bytes] | None:
+        if batch.num_rows == 0:
+            return None
+        if batch.num_columns != columns:
+            raise DatacopyError(f"Snowflake returned {batch.num_columns} columns, the plan has {columns}")
+        return batch.num_rows, encoder.encode(prepare(batch))
+
+    with cur.copy(encoder.statement(target)) as copy, Prefetch(batches, encoded) as pieces:
+        for n, data in pieces:
             copy.write(data)
-            rows += batch.num_rows
+            rows += n
             nbytes += len(data)
         if tail := encoder.trailer():
             copy.write(tail)
