@@ -194,6 +194,22 @@ def test_each_type_goes_through_the_encoder_the_copy_chooses(snowflake_server, s
     assert _written(pg) == []
 
 
+def test_a_type_postgresql_lacks_is_named_without_a_value(snowflake_server, source):
+    """A planned type the database does not have (citext without its extension) is the type's problem, not a value's."""
+    cfg, pg = source
+    columns = [ColumnPlan("C0", "c0", "VARCHAR(16777216)", "citext", True)]
+    with (
+        sf_session.connect(cfg.snowflake) as sf,
+        psycopg.connect(**pg) as conn,
+        pytest.raises(selftest.SelfTestError) as refused,
+    ):
+        selftest.check(sf, conn, columns)
+    message = str(refused.value)
+    assert "VARCHAR(16777216) (PostgreSQL citext): the values Snowflake delivers cannot be copied (csv COPY)" in message
+    assert 'type "citext" does not exist' in message
+    assert _written(pg) == []
+
+
 def test_wide_decimals_pass(snowflake_server, source):
     """Integer parts beyond 64 bits (the stand-in's NUMBER(38,0) is 64-bit) are written from text."""
     cfg, pg = source

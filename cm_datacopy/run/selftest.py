@@ -254,7 +254,11 @@ def _copy_format(probe: _Probe) -> str:
 
 
 def _refused_value(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch]) -> int | None:
-    """The ordinal of the first value the COPY refuses on its own (None: only together, or none)."""
+    """The ordinal of the first value the COPY refuses on its own (None: the type itself, or only together)."""
+    try:
+        _postgres_side(pg, probe, [])  # no value at all: is it the type (one PostgreSQL lacks, say)?
+    except _REFUSALS:
+        return None
     for batch in batches:
         for r in range(batch.num_rows):
             try:
