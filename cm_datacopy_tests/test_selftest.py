@@ -7,6 +7,7 @@ and both texts, before anything is written — for a new run and for a resumed o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import psycopg
@@ -141,8 +142,12 @@ def test_an_expression_snowflake_refuses_is_named(source, monkeypatch):
     assert _written(pg) == []
 
 
-def test_a_delivery_problem_is_caught_too(snowflake_server, source, monkeypatch):
-    """Values go through the copy path: a session without exact decimals is refused, naming the type."""
+def test_a_value_the_binary_encoder_refuses_is_named(snowflake_server, source, monkeypatch):
+    """Values go through the copy's encoder: decimals delivered as floats are refused, naming the type.
+
+    A session without exact decimals delivers NUMBER(p,s>0) as float64, which the binary encoder never
+    rounds into numeric; the self-test reports it before any row moves.
+    """
     import snowflake.connector
 
     real_connect = snowflake.connector.connect
@@ -160,8 +165,49 @@ def test_a_delivery_problem_is_caught_too(snowflake_server, source, monkeypatch)
         pytest.raises(selftest.SelfTestError) as refused,
     ):
         selftest.check(sf, conn, decimals)
-    assert "NUMBER(18,4) (PostgreSQL numeric(18,4)): PostgreSQL cannot read the values" in str(refused.value)
-    assert "numeric field overflow" in str(refused.value)  # -99999999999999.9999 arrived as -1e+14
+        assert not conn.info.transaction_status
+    message = str(refused.value)
+    assert "NUMBER(18,4) (PostgreSQL numeric(18,4)), value '99999999999999.9999'" in message
+    assert "cannot be copied (binary COPY)" in message
+    assert "arrived as double, not an exact number" in message
+    assert _written(pg) == []
+
+
+def test_each_type_goes_through_the_encoder_the_copy_chooses(snowflake_server, source, caplog):
+    """numeric has a binary wire form; citext has none, so the copy (and the self-test) send it as CSV."""
+    cfg, pg = source
+    columns = [
+        ColumnPlan("C0", "c0", "NUMBER(18,4)", "numeric(18,4)", True),
+        ColumnPlan("C1", "c1", "VARCHAR(16777216)", "citext", True),
+    ]
+    caplog.set_level(logging.DEBUG, logger="cm_datacopy.run.selftest")
+    with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS citext")
+        conn.commit()
+        selftest.check(sf, conn, columns)
+        assert not conn.info.transaction_status
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'cm_datacopy_selftest%'").fetchone() == (
+            0,
+        )
+    assert "self-test of NUMBER(18,4) (PostgreSQL numeric(18,4)): COPY in binary format" in caplog.text
+    assert "self-test of VARCHAR(16777216) (PostgreSQL citext): COPY in csv format" in caplog.text
+    assert _written(pg) == []
+
+
+def test_a_type_postgresql_lacks_is_named_without_a_value(snowflake_server, source):
+    """A planned type the database does not have (citext without its extension) is the type's problem, not a value's."""
+    cfg, pg = source
+    columns = [ColumnPlan("C0", "c0", "VARCHAR(16777216)", "citext", True)]
+    with (
+        sf_session.connect(cfg.snowflake) as sf,
+        psycopg.connect(**pg) as conn,
+        pytest.raises(selftest.SelfTestError) as refused,
+    ):
+        selftest.check(sf, conn, columns)
+    message = str(refused.value)
+    assert "VARCHAR(16777216) (PostgreSQL citext): the values Snowflake delivers cannot be copied (csv COPY)" in message
+    assert 'type "citext" does not exist' in message
+    assert _written(pg) == []
 
 
 def test_wide_decimals_pass(snowflake_server, source):

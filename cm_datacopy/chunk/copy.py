@@ -40,7 +40,7 @@ from cm_datacopy.chunk.task import ChunkResult, ChunkTask, classify, worker_name
 from cm_datacopy.chunk.worker import Worker
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError, DatacopyError, DeadlineExceeded, StopRequested, TruncationRefused
-from cm_datacopy.postgres.encoder import CsvEncoder, copy_batches
+from cm_datacopy.postgres.encoder import copy_batches, encoder_for
 from cm_datacopy.postgres.fence import claim_attempt
 from cm_datacopy.postgres.ledger import ChunkState, Ledger, RunClosed
 from cm_datacopy.postgres.sql import BoundIdentifier, chunk_where
@@ -129,7 +129,7 @@ def copy_chunk(
                     # chunk's range is empty there: no delete, no scan.
                     replaced = 0
                 step = f"copying into {table.load_schema}.{table.load_table}"
-                rows, nbytes = copy_batches(cur, load, CsvEncoder(table.columns), batches, nuls.apply)
+                rows, nbytes = copy_batches(cur, load, encoder_for(cur, load, table.columns), batches, nuls.apply)
 
                 # Verification inside the load: PostgreSQL's checksum of the range must equal Snowflake's.
                 limits.check("before the checksum")

@@ -4,19 +4,28 @@ The checksum compares texts written by two SQL dialects (``checksum.CANONICAL``)
 prints a decimal, converts an offset or drops a digit below the microsecond can only be seen on that
 account, so every run (new or resumed) asks it first. One Snowflake query casts text literals of edge
 values to every planned column type (full-scale NUMBER, NaN and ±inf, -0.0, sub-microsecond
-timestamps, +05:30 and -08:00 offsets, 0001-01-01, binary, unicode, NULL) and returns each value with
-its canonical cell text and that text's hash. The values then take the copy path — Arrow batches
-fetched as a chunk's rows are, each value encoded as COPY receives it — and PostgreSQL reads them
-with the planned types and writes its own text and hash. Any difference stops the run with one
-message naming the type and both texts. Nothing is written on either side.
+timestamps, +05:30 and -08:00 offsets, 0001-01-01, binary, unicode, NULL) and returns each value as
+a chunk's SELECT returns it, with its canonical cell text and that text's hash.
 
+The values then travel as a chunk's rows do: the Arrow batches Snowflake returned, an ordinal added
+in Arrow, encoded by the encoder the copy chooses for the planned type (``choose_encoder``: binary
+COPY where the type has a wire form, CSV where the copy falls back) and written by the copy's own
+``copy_batches`` into a temporary table of that type. PostgreSQL then writes its text and hash of
+each stored value, read back in the ordinal's order. A difference, or a value the encoder or
+PostgreSQL refuses, stops the run with one message naming the type (with the value, and both texts
+where both were written). Nothing is written on either side: Snowflake runs a SELECT, and each
+temporary table lives in a PostgreSQL transaction that is rolled back.
+
+The encoder is chosen per type, from the planned type: the copy chooses per table, from the
+target's columns, so a type sharing a table with a column that has no binary form goes as CSV there.
 The stand-in holds NUMBER(38,0) as a 64-bit integer: there, integers beyond int64 are left out.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -24,12 +33,14 @@ import pyarrow as pa
 from psycopg import sql
 
 from cm_datacopy import checksum
-from cm_datacopy.errors import PlanError
-from cm_datacopy.postgres.encoder import CsvEncoder
+from cm_datacopy.errors import DatacopyError, PlanError
+from cm_datacopy.postgres.encoder import choose_encoder, copy_batches
 from cm_datacopy.snowflake.scan import arrow_batches, select_expr
 from cm_datacopy.snowflake.session import Session, is_retryable_error
 from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.typeplan import ColumnPlan
+
+log = logging.getLogger(__name__)
 
 
 class SelfTestError(PlanError):
@@ -171,51 +182,90 @@ def _snowflake_sql(probes: list[_Probe], dialect: str) -> tuple[str, list[Any]]:
     return statement, params
 
 
-def _csv_field(encoder: CsvEncoder, array: pa.Array) -> str | None:
-    """One value as COPY (FORMAT csv) receives it: an unquoted empty field is NULL."""
-    field = encoder.encode(pa.record_batch([array], names=["v"])).decode()
-    field = field[:-1] if field.endswith("\n") else field
-    if field.startswith('"') and field.endswith('"') and len(field) >= 2:
-        return field[1:-1].replace('""', '"')
-    return field or None
+_ORDINAL = ColumnPlan("ORDINAL", "ordinal", "NUMBER(18,0)", "bigint", False)
 
 
 @dataclass(frozen=True)
 class _Rendered:
-    value: str | None  # the value as COPY receives it
-    text: str  # the canonical cell text
+    text: str  # Snowflake's canonical cell text
     hash: int
 
 
-def _snowflake_side(session: Session, probes: list[_Probe]) -> list[list[_Rendered]]:
-    """Per type, per edge value: what Snowflake wrote, and the value as the copy path delivers it."""
+@dataclass
+class _Delivered:
+    """One type's edge values as Snowflake returned them (Arrow, batch by batch), and what it wrote of each."""
+
+    batches: list[pa.RecordBatch] = field(default_factory=list)  # (ordinal, value): a chunk's rows of one column
+    rendered: list[_Rendered] = field(default_factory=list)
+
+
+def _snowflake_side(session: Session, probes: list[_Probe]) -> list[_Delivered]:
+    """Per type: its values as the copy reads a chunk's rows, and what Snowflake wrote of each."""
     statement, params = _snowflake_sql(probes, session.dialect)
-    encoders = [CsvEncoder([p.column]) for p in probes]
-    out: list[list[_Rendered]] = [[] for _ in probes]
+    out = [_Delivered() for _ in probes]
     for batch in arrow_batches(session.execute(statement, params)):
-        for i in range(len(probes)):
+        for i, delivered in enumerate(out):
             values, texts, hashes = (batch.column(1 + 3 * i + k) for k in range(3))
-            for r in range(batch.num_rows):
-                out[i].append(
-                    _Rendered(_csv_field(encoders[i], values.slice(r, 1)), texts[r].as_py(), int(hashes[r].as_py()))
-                )
+            first = len(delivered.rendered)
+            # The ordinal is filled here, in Arrow, so PostgreSQL's texts are read back in Snowflake's order.
+            ordinal = pa.array(range(first, first + batch.num_rows), pa.int64())
+            delivered.batches.append(pa.record_batch([ordinal, values], names=["ordinal", "value"]))
+            delivered.rendered += [_Rendered(texts[r].as_py(), int(hashes[r].as_py())) for r in range(batch.num_rows)]
     return out
 
 
-def _postgres_side(pg: psycopg.Connection[Any], probe: _Probe, delivered: list[str | None]) -> list[tuple[str, int]]:
-    """PostgreSQL's canonical cell text and hash of each delivered value, read with the planned type."""
-    c = sql.Identifier("v")
-    cell = checksum.postgres_cell(probe.column, c)
-    rows = sql.SQL(", ").join(
-        sql.SQL("({}, CAST({} AS {}))").format(sql.Literal(i), sql.Placeholder(), sql.SQL(probe.column.pg_type))
-        for i in range(len(delivered))
-    )
-    statement = sql.SQL("SELECT {}, {} FROM (VALUES {}) AS t(i, v) ORDER BY i").format(
-        cell, checksum.postgres_hash(cell), rows
-    )
-    with pg.transaction(), pg.cursor() as cur:
-        cur.execute(statement, delivered)
-        return [(text, int(number)) for text, number in cur.fetchall()]
+# What a refused COPY raises: PostgreSQL refusing a value or the type, the encoder or Arrow refusing a value
+# (a lost connection is none of these: it propagates, and the caller retries).
+_REFUSALS = (psycopg.DataError, psycopg.ProgrammingError, DatacopyError, ValueError)
+
+
+def _postgres_side(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch]) -> list[tuple[str, int]]:
+    """COPY the values as a chunk's rows go, then read PostgreSQL's canonical text and hash of each, in order.
+
+    The encoder is the one the copy chooses for the type (binary, or CSV where it has no binary form);
+    the table is a temporary one of the planned type, in a transaction rolled back: nothing is written.
+    """
+    encoder = choose_encoder([_ORDINAL, probe.column])
+    log.debug("checksum self-test of %s: COPY in %s format", probe.label, encoder.format)
+    name = f"cm_datacopy_selftest_{probe.column.target_name}"
+    table = sql.Identifier("pg_temp", name)
+    value = sql.Identifier(probe.column.target_name)
+    cell = checksum.postgres_cell(probe.column, value)
+    with pg.transaction() as tx, pg.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} ({} bigint, {} {})").format(
+                sql.Identifier(name), sql.Identifier(_ORDINAL.target_name), value, sql.SQL(probe.column.pg_type)
+            )
+        )
+        copy_batches(cur, table, encoder, batches)
+        cur.execute(
+            sql.SQL("SELECT {}, {} FROM {} ORDER BY {}").format(
+                cell, checksum.postgres_hash(cell), table, sql.Identifier(_ORDINAL.target_name)
+            )
+        )
+        rows = [(text, int(number)) for text, number in cur.fetchall()]
+        raise psycopg.Rollback(tx)  # the temporary table goes with the transaction
+    return rows
+
+
+def _copy_format(probe: _Probe) -> str:
+    """``binary`` or ``csv``: how the copy sends the type."""
+    return choose_encoder([_ORDINAL, probe.column]).format
+
+
+def _refused_value(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch]) -> int | None:
+    """The ordinal of the first value the COPY refuses on its own (None: the type itself, or only together)."""
+    try:
+        _postgres_side(pg, probe, [])  # no value at all: is it the type (one PostgreSQL lacks, say)?
+    except _REFUSALS:
+        return None
+    for batch in batches:
+        for r in range(batch.num_rows):
+            try:
+                _postgres_side(pg, probe, [batch.slice(r, 1)])
+            except _REFUSALS:
+                return int(batch.column(0)[r].as_py())
+    return None
 
 
 def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan]) -> None:
@@ -230,15 +280,20 @@ def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPla
             raise
         raise SelfTestError(_refused(session, probes, exc)) from None
     problems = []
-    for probe, rendered in zip(probes, snowflake, strict=True):
-        literals = [*probe.values, *[None] * (len(rendered) - len(probe.values))]
+    for probe, delivered in zip(probes, snowflake, strict=True):
+        literals = [*probe.values, *[None] * (len(delivered.rendered) - len(probe.values))]
         try:
-            theirs = _postgres_side(pg, probe, [r.value for r in rendered])
-        except (psycopg.DataError, psycopg.ProgrammingError) as exc:
-            problems.append(f"{probe.label}: PostgreSQL cannot read the values Snowflake delivers: {_first_line(exc)}")
+            theirs = _postgres_side(pg, probe, delivered.batches)
+        except _REFUSALS as exc:
+            where = _refused_value(pg, probe, delivered.batches)
+            shown = "" if where is None else f", value {_shown(literals[where])}"
+            problems.append(
+                f"{probe.label}{shown}: the values Snowflake delivers cannot be copied "
+                f"({_copy_format(probe)} COPY): {_first_line(exc)}"
+            )
             continue
-        for literal, ours, (text, number) in zip(literals, rendered, theirs, strict=True):
-            shown = "NULL" if literal is None else repr(literal)
+        for literal, ours, (text, number) in zip(literals, delivered.rendered, theirs, strict=True):
+            shown = _shown(literal)
             if ours.text != text:
                 problems.append(
                     f"{probe.label}, value {shown}: Snowflake writes {ours.text!r}, PostgreSQL writes {text!r}"
@@ -269,6 +324,10 @@ def _refused(session: Session, probes: list[_Probe], exc: Exception) -> str:
                 f"{_first_line(each)}"
             )
     return f"checksum self-test failed before any row moved: {_first_line(exc)}"
+
+
+def _shown(literal: str | None) -> str:
+    return "NULL" if literal is None else repr(literal)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -122,7 +122,7 @@ def test_the_image_holds_the_whole_package_and_no_dagster(image_root):
     in_repo = {str(p.relative_to(REPO)) for p in (REPO / "cm_datacopy").rglob("*.py")}
     assert in_wheel == in_repo
     installed = {p.name for p in image_root.iterdir()}
-    assert {"cm_datacopy", "dagster_pipes", "boto3", "psycopg", "pyarrow", "snowflake"} <= installed
+    assert {"cm_datacopy", "dagster_pipes", "boto3", "psycopg", "pyarrow", "pgpq", "snowflake"} <= installed
     assert not installed & DAGSTER_PACKAGES
 
 
