@@ -119,6 +119,10 @@ _MIGRATIONS: list[str] = [
     COMMENT ON TABLE {s}.migration_table_status IS 'cm_datacopy ledger: one row per table of a run';
     COMMENT ON TABLE {s}.migration_chunk_status IS 'cm_datacopy ledger: one row per chunk of a table';
     """,
+    # 4: how a publish swapped the shadow in ('rename', or 'rows' and why renaming was not safe).
+    """
+    ALTER TABLE {s}.migration_table_status ADD COLUMN publish_method text;
+    """,
 ]
 VERSION = len(_MIGRATIONS)
 
@@ -220,6 +224,7 @@ class PublishState:
     chunks_done: int
     chunks_unverified: int
     rows: int
+    publish_method: str | None = None
 
 
 def new_run_id(source: str) -> str:
@@ -576,7 +581,7 @@ class Ledger:
         cur.execute(
             self.q(
                 "SELECT t.mode, t.published_at, t.published_rows, t.target_schema, t.target_table, t.load_schema, "
-                "t.load_table, t.columns, t.chunks_total, c.done, c.unverified, c.rows "
+                "t.load_table, t.columns, t.chunks_total, c.done, c.unverified, c.rows, t.publish_method "
                 "FROM {s}.migration_table_status t, LATERAL (SELECT count(*) FILTER (WHERE status = 'done') AS done, "
                 "count(*) FILTER (WHERE status = 'done' AND source_checksum IS DISTINCT FROM target_checksum) "
                 "AS unverified, coalesce(sum(rows_copied) FILTER (WHERE status = 'done'), 0) AS rows "
@@ -591,15 +596,26 @@ class Ledger:
         return PublishState(*row)
 
     def mark_published(
-        self, cur: psycopg.Cursor[Any], run_id: str, table_key: str, new_rows: int, old_rows: int
+        self, cur: psycopg.Cursor[Any], run_id: str, table_key: str, new_rows: int, old_rows: int, method: str
     ) -> None:
         cur.execute(
             self.q(
-                "UPDATE {s}.migration_table_status SET published_at = now(), published_rows = %s, replaced_rows = %s "
-                "WHERE run_id = %s AND table_key = %s"
+                "UPDATE {s}.migration_table_status SET published_at = now(), published_rows = %s, replaced_rows = %s, "
+                "publish_method = %s WHERE run_id = %s AND table_key = %s"
             ),
-            (new_rows, old_rows, run_id, table_key),
+            (new_rows, old_rows, method, run_id, table_key),
         )
+
+    def key_columns(self, cur: psycopg.Cursor[Any], run_id: str) -> dict[str, str]:
+        """table_key → the source column its chunks are ranges of (tables copied as one chunk: absent)."""
+        cur.execute(
+            self.q(
+                "SELECT DISTINCT table_key, key_column FROM {s}.migration_chunk_status "
+                "WHERE run_id = %s AND key_column IS NOT NULL"
+            ),
+            (run_id,),
+        )
+        return dict(cur.fetchall())
 
     def unpublished_shadows(self, cur: psycopg.Cursor[Any], source: str, keep_run: str) -> list[tuple[str, str]]:
         """(schema, table) of shadows of the source's other unpublished runs."""
