@@ -199,3 +199,25 @@ def test_a_plain_target_is_published_by_rename_and_keeps_what_it_had(snowflake_s
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(reader)))
         with psycopg.connect(**admin_conninfo(), autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(reader)))
+
+
+def test_a_busy_reader_turns_the_rename_into_a_row_swap_and_keeps_its_snapshot(
+    snowflake_server, sf_db, pg_db, config_path
+):
+    _events(snowflake_server, sf_db, 4_000, "old")
+    table = {"source": "EVENTS", "target_schema": "copy", "chunk_key": "ID", "chunk_size": 2000}
+    write_config(config_path, snowflake_server, sf_db, pg_db, [table], lock_timeout_seconds=1)
+    assert cli(config_path, "run", "analytics").returncode == 0
+    old, oid = _snapshot(pg_db), _oid(pg_db)
+
+    _events(snowflake_server, sf_db, 5_000, "new")
+    with psycopg.connect(**pg_db) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM copy.events").fetchone() == (4_000,)  # holds ACCESS SHARE
+        result = cli(config_path, "run", "analytics")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "renaming is not safe: readers kept the table busy for 1 s" in " ".join(result.stdout.split())
+        assert reader.execute("SELECT count(*) FROM copy.events").fetchone() == (4_000,), "its snapshot holds"
+    assert _oid(pg_db) == oid, "the same table, its rows replaced"
+    new = _snapshot(pg_db)
+    assert new[0][0] == 5_000 and new != old

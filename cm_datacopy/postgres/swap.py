@@ -149,13 +149,16 @@ def rename_obstacles(cur: psycopg.Cursor[Any], rel: Relations) -> list[str]:
     return reasons
 
 
-def swap_by_rename(cur: psycopg.Cursor[Any], rel: Relations, drop_indexes: list[str]) -> None:
+def swap_by_rename(cur: psycopg.Cursor[Any], rel: Relations, drop_indexes: list[str], lock_wait_seconds: int) -> None:
     """Give the shadow everything the target has, then drop the target and give the shadow its name.
 
     Runs inside the publish's transaction, which holds the target in SHARE ROW EXCLUSIVE mode (no
     writers, readers welcome) while the shadow's indexes are built; only the final drop and renames
-    take ACCESS EXCLUSIVE, for as long as catalog updates take. ``drop_indexes``: the shadow's own
-    indexes (its chunk-key index), which the published table does not keep.
+    take ACCESS EXCLUSIVE, for as long as catalog updates take. That lock waits for running readers,
+    and new readers queue behind the wait, so it waits at most ``lock_wait_seconds``: then
+    ``LockNotAvailable`` is raised, and the caller (inside a savepoint) swaps rows instead, which
+    readers do not block. ``drop_indexes``: the shadow's own indexes (its chunk-key index), which the
+    published table does not keep.
     """
     shadow = sql.Identifier(rel.schema, rel.shadow)
     target = sql.Identifier(rel.schema, rel.target)
@@ -222,6 +225,7 @@ def swap_by_rename(cur: psycopg.Cursor[Any], rel: Relations, drop_indexes: list[
         comments.append(_comment("TABLE {}", table_comment, target))
     cur.execute(sql.SQL("ANALYZE {}").format(shadow))  # readers' plans have statistics from the first query
 
+    cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_wait_seconds}s")))
     cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(target))
     cur.execute(sql.SQL("DROP TABLE {}").format(target))  # RESTRICT: a late dependent fails it, target untouched
     cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(shadow, sql.Identifier(rel.target)))

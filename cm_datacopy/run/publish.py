@@ -7,7 +7,9 @@ publish (``postgres/swap.py`` says when renaming is safe) and recorded in the le
 
 * **rename** (nothing outside the target refers to it): the shadow gets the target's indexes (built
   once, in bulk), constraints, NOT NULLs, grants and comments; the target is dropped and the shadow
-  renamed to its name. No row is written twice and no dead rows are left behind.
+  renamed to its name. No row is written twice and no dead rows are left behind. The drop waits for
+  running readers at most ``RENAME_LOCK_WAIT_SECONDS`` (new readers queue behind it meanwhile); if
+  they hold on longer, the rename is rolled back to a savepoint and the rows are swapped instead.
 * **rows** (a view, foreign key, trigger, policy, default, another owner…: the target's identity
   matters): the target's rows are deleted and the shadow's inserted, so the target stays the same
   table and everything attached to it keeps working; it costs writing every row a second time.
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _MAX_IDENT = 63
 RENAME, ROWS = "rename", "rows"
+# How long a rename waits for the target's readers (new readers queue behind the wait) before the
+# publish swaps rows instead, which readers do not block.
+RENAME_LOCK_WAIT_SECONDS = 2
 
 
 def shadow_name(target_table: str, run_id: str) -> str:
@@ -138,8 +143,14 @@ def publish_table(cfg: SourceConfig, pg: psycopg.Connection[Any], run_id: str, t
         rel = swap.relations(cur, state.target_schema, state.target_table, state.load_schema, state.load_table)
         obstacles = swap.rename_obstacles(cur, rel)
         if not obstacles:
+            wait = min(cfg.lock_timeout_seconds, RENAME_LOCK_WAIT_SECONDS)
+            try:
+                with pg.transaction():  # a savepoint: a rename that cannot get its lock leaves no trace
+                    swap.swap_by_rename(cur, rel, [shadow_key_index(state.load_table)], wait)
+            except psycopg.errors.LockNotAvailable:
+                obstacles = [f"readers kept the table busy for {wait} s"]
+        if not obstacles:
             method = RENAME
-            swap.swap_by_rename(cur, rel, [shadow_key_index(state.load_table)])
         else:
             method = f"{ROWS}: {'; '.join(obstacles)}"
             names = sql.SQL(", ").join(sql.Identifier(c["target_name"]) for c in state.columns)
