@@ -82,8 +82,10 @@ CANONICAL: dict[str, Canonical] = {
         "IFF({c} = 'NaN'::FLOAT, 'nan', IFF({c} = 'inf'::FLOAT, 'inf', IFF({c} = '-inf'::FLOAT, '-inf', "
         "IFF(ABS({c}) < 1e9, TO_VARCHAR(FLOOR({c} * 1000000::FLOAT)::NUMBER(38,0)), "
         "IFF({c} > 0, 'big', '-big')))))",
+        # |floor(x * 10^6)| < 10^15 here: exact in int8, and the same digits as numeric, without the cost of
+        # converting a float to numeric (which formats it as text first).
         "CASE WHEN {c} = 'NaN' THEN 'nan' WHEN {c} = 'Infinity' THEN 'inf' WHEN {c} = '-Infinity' THEN '-inf' "
-        "WHEN abs({c}) < 1e9 THEN floor({c} * 1000000::float8)::numeric(38,0)::text "
+        "WHEN abs({c}) < 1e9 THEN floor({c} * 1000000::float8)::int8::text "
         "WHEN {c} > 0 THEN 'big' ELSE '-big' END",
     ),
     "boolean": Canonical(
@@ -174,11 +176,19 @@ def snowflake_cell(col: ColumnPlan, nul_replacement: str | None = None, column: 
     return f"IFF({c} IS NULL, 'n', 'v' || LENGTH({t}) || ':' || {t})"
 
 
-def postgres_cell(col: ColumnPlan, column: sql.Composable | None = None) -> sql.Composable:
+def postgres_text_or_null(col: ColumnPlan, column: sql.Composable | None = None) -> sql.Composable:
+    """The canonical text, NULL for a NULL value (some texts are not NULL for NULL: ``'j'``, a CASE)."""
     c = column or BoundIdentifier(col.target_name)
-    return sql.SQL("CASE WHEN {c} IS NULL THEN 'n' ELSE 'v' || length({t}) || ':' || {t} END").format(
-        c=c, t=postgres_text(col, c)
-    )
+    return sql.SQL("CASE WHEN {c} IS NOT NULL THEN {t} END").format(c=c, t=postgres_text(col, c))
+
+
+def postgres_cell_of(text: sql.Composable) -> sql.Composable:
+    """The cell, from a text that is NULL exactly for a NULL value: ``n``, or ``v<length>:<text>``."""
+    return sql.SQL("coalesce('v' || length({t}) || ':' || {t}, 'n')").format(t=text)
+
+
+def postgres_cell(col: ColumnPlan, column: sql.Composable | None = None) -> sql.Composable:
+    return postgres_cell_of(postgres_text_or_null(col, column))
 
 
 def snowflake_row_text(columns: list[ColumnPlan], nul_replacement: str | None = None) -> str:
@@ -223,9 +233,20 @@ def snowflake_checksum(
 
 
 def postgres_checksum_sql(table: sql.Identifier, columns: list[ColumnPlan], where: sql.Composable) -> sql.Composable:
-    return sql.SQL("SELECT count(*), coalesce(sum({number}), 0) FROM {table} WHERE {where}").format(
-        number=postgres_hash(postgres_row_text(columns)), table=BoundIdentifier(*table._obj), where=where
+    """The chunk's count and sum, with each column's canonical text computed once per row.
+
+    A cell names its text twice (its length and itself) and PostgreSQL does not share the common
+    expression, so written inline every conversion would run twice. The texts are computed in a
+    subquery that ``OFFSET 0`` keeps from being merged into the outer query; the outer query builds
+    the same cells (``postgres_cell_of``, as ``run/selftest.py`` checks them) from its columns.
+    """
+    texts = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(postgres_text_or_null(col), sql.Identifier(f"t{i}")) for i, col in enumerate(columns)
     )
+    row_text = sql.SQL(" || '|' || ").join(postgres_cell_of(sql.Identifier("t", f"t{i}")) for i in range(len(columns)))
+    return sql.SQL(
+        "SELECT count(*), coalesce(sum({number}), 0) FROM (SELECT {texts} FROM {table} WHERE {where} OFFSET 0) AS t"
+    ).format(number=postgres_hash(row_text), texts=texts, table=BoundIdentifier(*table._obj), where=where)
 
 
 def postgres_checksum(

@@ -5,7 +5,8 @@ Follow a row from Snowflake to PostgreSQL in ``copy_chunk`` below:
 
 1. the ledger says which rows the chunk holds (its key range), which columns, and where they load,
    so a worker needs only the config and the task (run, table, chunk);
-2. a new attempt number is claimed (committed at once) — it fences off older attempts;
+2. a new attempt number is claimed (committed at once) — it fences off older attempts; one statement
+   does 1 and 2;
 3. Snowflake runs the chunk's SELECT (``snowflake/scan.py``); its result streams as Arrow record
    batches, while a second Snowflake session computes the chunk's checksum (``checksum.py``);
 4. one PostgreSQL transaction: lock the chunk's ledger row, check the attempt is still the newest
@@ -75,23 +76,24 @@ def copy_chunk(
         w = worker or stack.enter_context(Worker(cfg))
         ledger = w.ledger
         started = time.monotonic()
-        attempt, previous_error, step = 0, None, "reading the chunk's plan from the ledger"
+        attempt, previous_error, step = 0, None, "claiming the chunk's next attempt"
         try:
             pg = w.pg()
-            # 1. What the chunk is, from the ledger alone (a Lambda or ECS worker needs nothing else).
-            run, table, chunk, state = ledger.load_chunk(pg, task.run_id, task.table_key, task.chunk_index)
-            if state.status == "done":
-                return _from_ledger(task, "already_done", state)
-
-            # 2. A new attempt number, committed before any work: older attempts can no longer commit.
-            step = "claiming the chunk's next attempt"
-            claimed = claim_attempt(
-                pg, ledger, cfg, run.run_id, table.table_key, chunk.index, worker_name(), task.fence
+            # 1. What the chunk is, from the ledger alone (a Lambda or ECS worker needs nothing else), and
+            # 2. a new attempt number, committed before any work: older attempts can no longer commit.
+            #    One statement does both (``Ledger.claim_chunk``).
+            claim = claim_attempt(
+                pg, ledger, cfg, task.run_id, task.table_key, task.chunk_index, worker_name(), task.fence
             )
-            if claimed is None:  # done meanwhile, or another attempt took the task's place
-                state = ledger.chunk_state(pg, task.run_id, task.table_key, task.chunk_index)
+            run, table, chunk = claim.run, claim.table, claim.chunk
+            if claim.attempt is None:  # done (maybe meanwhile), or another attempt took the task's place
+                state = (
+                    claim.state
+                    if claim.state.status == "done"
+                    else ledger.chunk_state(pg, task.run_id, task.table_key, task.chunk_index)
+                )
                 return _from_ledger(task, "already_done" if state.status == "done" else "superseded", state)
-            attempt, previous_error = claimed
+            attempt, previous_error = claim.attempt, claim.previous_error
             limits.check("before reading from Snowflake")
 
             # 3. Snowflake: the chunk's checksum (on a second session, meanwhile) and its rows as Arrow
@@ -113,8 +115,7 @@ def copy_chunk(
             key_column = table.target_column(chunk.key_column) if chunk.key_column else None
             where, params = chunk_where(chunk, key_column)
             with pg.transaction(), pg.cursor() as cur:
-                _set_timeouts(cur, cfg)
-                current = ledger.lock_chunk(cur, run.run_id, table.table_key, chunk.index)
+                current = ledger.lock_chunk(cur, run.run_id, table.table_key, chunk.index, _timeouts(cfg))
                 if current.status == "done" or current.attempts != attempt:
                     return ChunkResult(task, "superseded", attempt=attempt, seconds=time.monotonic() - started)
                 if table.mode == "in_place":
@@ -143,12 +144,11 @@ def copy_chunk(
                     )
                 limits.check("before the commit")
                 step = "committing"
-                ledger.hold_open_run(cur, run.run_id)
                 if guard is not None:
                     guard(cur)
                 w.committing = True
                 seconds = time.monotonic() - started
-                ledger.mark_done(
+                ledger.mark_done(  # share-locks the run's row: a replaced run commits nothing (RunClosed)
                     cur,
                     run.run_id,
                     table.table_key,
@@ -247,18 +247,14 @@ class _Limits:
             yield batch
 
 
-def _set_timeouts(cur: psycopg.Cursor[Any], cfg: SourceConfig) -> None:
-    """Bound how long this transaction can hold locks if its worker freezes, and how long it waits."""
-    cur.execute(
-        sql.SQL(
-            "SET LOCAL statement_timeout = {}; SET LOCAL idle_in_transaction_session_timeout = {}; "
-            "SET LOCAL lock_timeout = {}"
-        ).format(
-            sql.Literal(f"{cfg.chunk_timeout_seconds}s"),
-            sql.Literal(f"{cfg.chunk_timeout_seconds}s"),
-            sql.Literal(f"{cfg.lock_timeout_seconds}s"),
-        )
-    )
+def _timeouts(cfg: SourceConfig) -> dict[str, str]:
+    """Bound how long the chunk's transaction can hold locks if its worker freezes, and how long it waits
+    (set with the chunk's lock, in one round trip)."""
+    return {
+        "statement_timeout": f"{cfg.chunk_timeout_seconds}s",
+        "idle_in_transaction_session_timeout": f"{cfg.chunk_timeout_seconds}s",
+        "lock_timeout": f"{cfg.lock_timeout_seconds}s",
+    }
 
 
 def _guard_full_replace(cur: psycopg.Cursor[Any], ledger: Ledger, run_id: str, table_key: str) -> None:

@@ -226,7 +226,10 @@ class RunDisplay:
 
     def on_published(self, result: PublishResult) -> None:
         if result.published:
-            self.say(f"published {escape(result.table_key)}: {result.rows:,} rows replaced {result.replaced_rows:,}")
+            how = f" ({escape(result.how)})" if result.how else ""
+            self.say(
+                f"published {escape(result.table_key)}: {result.rows:,} rows replaced {result.replaced_rows:,}{how}"
+            )
 
     def on_publish_refused(self, message: str) -> None:
         self.say(f"[red]✗[/red] {escape(message)}")

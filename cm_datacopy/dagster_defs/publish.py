@@ -44,6 +44,7 @@ def published_metadata(
         "outcome": dg.MetadataValue.text(outcome),
         "rows": dg.MetadataValue.int(rows),
         "replaced rows": dg.MetadataValue.int(result.replaced_rows),
+        "publish method": dg.MetadataValue.text(result.how or "none (in place)"),
     }
 
 

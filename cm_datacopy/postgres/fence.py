@@ -25,7 +25,7 @@ import psycopg
 
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.errors import ChunkError
-from cm_datacopy.postgres.ledger import Ledger
+from cm_datacopy.postgres.ledger import Claim, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,12 @@ def claim_attempt(
     chunk_index: int,
     worker: str,
     fence: int | None = None,
-) -> tuple[int, str | None] | None:
-    """``Ledger.start_attempt`` bounded in time: ends a stale attempt's transaction if it holds the chunk."""
+) -> Claim:
+    """``Ledger.claim_chunk`` bounded in time: ends a stale attempt's transaction if it holds the chunk."""
     deadline = time.monotonic() + cfg.chunk_timeout_seconds + cfg.lock_timeout_seconds
     while True:
         try:
-            return ledger.start_attempt(
+            return ledger.claim_chunk(
                 pg, run_id, table_key, chunk_index, worker, fence=fence, lock_timeout_seconds=cfg.lock_timeout_seconds
             )
         except psycopg.errors.LockNotAvailable:

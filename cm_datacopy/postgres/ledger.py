@@ -119,6 +119,10 @@ _MIGRATIONS: list[str] = [
     COMMENT ON TABLE {s}.migration_table_status IS 'cm_datacopy ledger: one row per table of a run';
     COMMENT ON TABLE {s}.migration_chunk_status IS 'cm_datacopy ledger: one row per chunk of a table';
     """,
+    # 4: how a publish swapped the shadow in ('rename', or 'rows' and why renaming was not safe).
+    """
+    ALTER TABLE {s}.migration_table_status ADD COLUMN publish_method text;
+    """,
 ]
 VERSION = len(_MIGRATIONS)
 
@@ -220,6 +224,7 @@ class PublishState:
     chunks_done: int
     chunks_unverified: int
     rows: int
+    publish_method: str | None = None
 
 
 def new_run_id(source: str) -> str:
@@ -261,6 +266,49 @@ def _chunk(row: dict[str, Any]) -> Chunk:
 _RUN_COLUMNS = "*, extract(epoch FROM now() - started_at) / 3600.0 AS age_hours"
 
 
+def _plan_of(row: dict[str, Any]) -> tuple[RunEntry, TableEntry, Chunk, ChunkState]:
+    """A chunk's plan from ``row_to_json`` of its run, table and chunk rows."""
+    run_row, table_row, chunk_row = row["run"], row["tab"], row["chunk"]
+    for key in ("started_at", "finished_at", "snapshot_at"):
+        if run_row[key] is not None:
+            run_row[key] = dt.datetime.fromisoformat(run_row[key])
+    if table_row["published_at"] is not None:
+        table_row["published_at"] = dt.datetime.fromisoformat(table_row["published_at"])
+    return _run(run_row), _table(table_row), _chunk(chunk_row), _state(chunk_row)
+
+
+def _with_settings(
+    conn: psycopg.Connection[Any], settings: dict[str, str], statement: sql.Composed, params: dict[str, Any]
+) -> dict[str, Any]:
+    """``SET LOCAL`` each setting, then ``statement``'s first row, in one round trip (inside a transaction).
+
+    One message carries several statements only in the simple protocol, whose values are bound on the
+    client (``ClientCursor``: quoted by psycopg as literals, never formatted by hand).
+    """
+    sets = [
+        sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        for name, value in settings.items()
+    ]
+    with psycopg.ClientCursor(conn, row_factory=dict_row) as cur:
+        cur.execute(sql.SQL("; ").join([*sets, statement]), params)
+        for _ in sets:
+            cur.nextset()
+        return cur.fetchone()  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A chunk's plan, and the attempt claimed for it: None if the chunk is done or, with a fence, if
+    another attempt was claimed since the task was made; ``previous_error``: that attempt's error."""
+
+    run: RunEntry
+    table: TableEntry
+    chunk: Chunk
+    state: ChunkState
+    attempt: int | None
+    previous_error: str | None
+
+
 class Ledger:
     """The ledger in one schema. Statements are composed once per text and kept."""
 
@@ -270,6 +318,25 @@ class Ledger:
         self.schema = schema
         self._names = {"s": sql.Identifier(schema)}
         self._composed: dict[str, sql.Composed] = {}
+
+    @property
+    def _claim_sql(self) -> sql.Composed:
+        """Lock the chunk's row, take the next attempt unless it is done (or fenced off), and read the
+        plan of the chunk, its table and its run: one statement."""
+        return self.q(
+            "WITH p AS (SELECT last_error FROM {s}.migration_chunk_status "
+            "           WHERE run_id = %(run)s AND table_key = %(table)s AND chunk_index = %(index)s FOR UPDATE), "
+            "claimed AS (UPDATE {s}.migration_chunk_status c SET attempts = c.attempts + 1, status = 'running', "
+            "            worker = %(worker)s, started_at = now(), last_error = NULL, error_retryable = NULL FROM p "
+            "            WHERE c.run_id = %(run)s AND c.table_key = %(table)s AND c.chunk_index = %(index)s "
+            "            AND c.status <> 'done' AND (%(fence)s::integer IS NULL OR c.attempts = %(fence)s) "
+            "            RETURNING c.attempts, p.last_error) "
+            "SELECT row_to_json(r) AS run, row_to_json(t) AS tab, row_to_json(c) AS chunk, "
+            "(SELECT attempts FROM claimed) AS attempt, (SELECT last_error FROM claimed) AS previous_error "
+            "FROM {s}.migration_chunk_status c JOIN {s}.migration_table_status t USING (run_id, table_key) "
+            f"JOIN (SELECT {_RUN_COLUMNS} FROM {{s}}.migration_runs WHERE run_id = %(run)s) r USING (run_id) "
+            "WHERE c.run_id = %(run)s AND c.table_key = %(table)s AND c.chunk_index = %(index)s"
+        )
 
     def q(self, text: str) -> sql.Composed:
         """``text`` with ``{s}`` as the ledger schema (a plain name: no ``%`` can hide in it)."""
@@ -576,7 +643,7 @@ class Ledger:
         cur.execute(
             self.q(
                 "SELECT t.mode, t.published_at, t.published_rows, t.target_schema, t.target_table, t.load_schema, "
-                "t.load_table, t.columns, t.chunks_total, c.done, c.unverified, c.rows "
+                "t.load_table, t.columns, t.chunks_total, c.done, c.unverified, c.rows, t.publish_method "
                 "FROM {s}.migration_table_status t, LATERAL (SELECT count(*) FILTER (WHERE status = 'done') AS done, "
                 "count(*) FILTER (WHERE status = 'done' AND source_checksum IS DISTINCT FROM target_checksum) "
                 "AS unverified, coalesce(sum(rows_copied) FILTER (WHERE status = 'done'), 0) AS rows "
@@ -591,15 +658,26 @@ class Ledger:
         return PublishState(*row)
 
     def mark_published(
-        self, cur: psycopg.Cursor[Any], run_id: str, table_key: str, new_rows: int, old_rows: int
+        self, cur: psycopg.Cursor[Any], run_id: str, table_key: str, new_rows: int, old_rows: int, method: str
     ) -> None:
         cur.execute(
             self.q(
-                "UPDATE {s}.migration_table_status SET published_at = now(), published_rows = %s, replaced_rows = %s "
-                "WHERE run_id = %s AND table_key = %s"
+                "UPDATE {s}.migration_table_status SET published_at = now(), published_rows = %s, replaced_rows = %s, "
+                "publish_method = %s WHERE run_id = %s AND table_key = %s"
             ),
-            (new_rows, old_rows, run_id, table_key),
+            (new_rows, old_rows, method, run_id, table_key),
         )
+
+    def key_columns(self, cur: psycopg.Cursor[Any], run_id: str) -> dict[str, str]:
+        """table_key → the source column its chunks are ranges of (tables copied as one chunk: absent)."""
+        cur.execute(
+            self.q(
+                "SELECT DISTINCT table_key, key_column FROM {s}.migration_chunk_status "
+                "WHERE run_id = %s AND key_column IS NOT NULL"
+            ),
+            (run_id,),
+        )
+        return dict(cur.fetchall())
 
     def unpublished_shadows(self, cur: psycopg.Cursor[Any], source: str, keep_run: str) -> list[tuple[str, str]]:
         """(schema, table) of shadows of the source's other unpublished runs."""
@@ -651,39 +729,7 @@ class Ledger:
         conn.commit()
         return rows
 
-    def load_chunk(
-        self, conn: psycopg.Connection[Any], run_id: str, table_key: str, index: int
-    ) -> tuple[RunEntry, TableEntry, Chunk, ChunkState]:
-        """Everything a worker needs to copy one chunk, read from the ledger alone (one round trip)."""
-        with conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                self.q(
-                    f"SELECT row_to_json(r) AS run, row_to_json(t) AS tab, row_to_json(c) AS chunk "
-                    f"FROM {{s}}.migration_chunk_status c "
-                    f"JOIN {{s}}.migration_table_status t USING (run_id, table_key) "
-                    f"JOIN (SELECT {_RUN_COLUMNS} FROM {{s}}.migration_runs WHERE run_id = %s) r USING (run_id) "
-                    f"WHERE c.run_id = %s AND c.table_key = %s AND c.chunk_index = %s"
-                ),
-                (run_id, run_id, table_key, index),
-            )
-            row = cur.fetchone()
-        conn.commit()
-        if row is None:
-            raise DatacopyError(f"the ledger has no chunk {table_key}#{index} in run {run_id}")
-        run_row, table_row, chunk_row = row["run"], row["tab"], row["chunk"]
-        for key in ("started_at", "finished_at", "snapshot_at"):
-            if run_row[key] is not None:
-                run_row[key] = dt.datetime.fromisoformat(run_row[key])
-        if table_row["published_at"] is not None:
-            table_row["published_at"] = dt.datetime.fromisoformat(table_row["published_at"])
-        return (
-            _run(run_row),
-            _table(table_row),
-            _chunk(chunk_row),
-            _state(chunk_row),
-        )
-
-    def start_attempt(
+    def claim_chunk(
         self,
         conn: psycopg.Connection[Any],
         run_id: str,
@@ -692,31 +738,24 @@ class Ledger:
         worker: str,
         *,
         fence: int | None = None,
-        lock_timeout_seconds: int | None = None,
-    ) -> tuple[int, str | None] | None:
-        """Claim a new attempt number (committed at once): (attempt, the previous attempt's error).
-        None if the chunk is done or, with ``fence``, if another attempt was claimed since the task was
-        made (the chunk's attempts moved past ``fence``).
+        lock_timeout_seconds: int,
+    ) -> Claim:
+        """Everything a worker needs to copy one chunk, read from the ledger alone, and a new attempt
+        number for it, claimed and committed at once: one statement, one transaction.
 
         The number fences older attempts: a worker commits its rows only while its attempt is the
-        newest, so one that froze and woke up later cannot overwrite a newer attempt.
+        newest, so one that froze and woke up later cannot overwrite a newer attempt. No attempt is
+        claimed if the chunk is done or, with ``fence``, if another attempt was claimed since the task
+        was made (the chunk's attempts moved past ``fence``). The chunk's state is read as of the
+        statement's start: when no attempt was claimed, read it again with ``chunk_state``.
         """
-        with conn.transaction(), conn.cursor() as cur:
-            if lock_timeout_seconds is not None:
-                cur.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{lock_timeout_seconds}s")))
-            cur.execute(
-                self.q(
-                    "UPDATE {s}.migration_chunk_status c SET attempts = c.attempts + 1, status = 'running', "
-                    "worker = %s, started_at = now(), last_error = NULL, error_retryable = NULL "
-                    "FROM (SELECT last_error FROM {s}.migration_chunk_status "
-                    "      WHERE run_id = %s AND table_key = %s AND chunk_index = %s FOR UPDATE) p "
-                    "WHERE c.run_id = %s AND c.table_key = %s AND c.chunk_index = %s AND c.status <> 'done' "
-                    "AND (%s::integer IS NULL OR c.attempts = %s) RETURNING c.attempts, p.last_error"
-                ),
-                (worker, run_id, table_key, index, run_id, table_key, index, fence, fence),
-            )
-            row = cur.fetchone()
-        return None if row is None else (int(row[0]), row[1])
+        params = {"run": run_id, "table": table_key, "index": index, "worker": worker, "fence": fence}
+        with conn.transaction():
+            row = _with_settings(conn, {"lock_timeout": f"{lock_timeout_seconds}s"}, self._claim_sql, params)
+        if row is None:
+            raise DatacopyError(f"the ledger has no chunk {table_key}#{index} in run {run_id}")
+        run, table, chunk, state = _plan_of(row)
+        return Claim(run, table, chunk, state, row["attempt"], row["previous_error"])
 
     def end_stale_holder(
         self, conn: psycopg.Connection[Any], run_id: str, table_key: str, index: int, older_than_seconds: int
@@ -736,17 +775,24 @@ class Ledger:
             )
             return [pid for pid, _ in cur.fetchall()]
 
-    def lock_chunk(self, cur: psycopg.Cursor[Any], run_id: str, table_key: str, index: int) -> ChunkState:
-        """Lock the chunk's ledger row for this transaction and return its state."""
-        cur.execute(
-            self.q(
-                "SELECT status, attempts FROM {s}.migration_chunk_status "
-                "WHERE run_id = %s AND table_key = %s AND chunk_index = %s FOR UPDATE"
-            ),
-            (run_id, table_key, index),
+    def lock_chunk(
+        self,
+        cur: psycopg.Cursor[Any],
+        run_id: str,
+        table_key: str,
+        index: int,
+        settings: dict[str, str] | None = None,
+    ) -> ChunkState:
+        """Lock the chunk's ledger row for this transaction and return its state; ``settings``: set for
+        the transaction (``SET LOCAL``) first, in the same round trip."""
+        statement = self.q(
+            "SELECT status, attempts FROM {s}.migration_chunk_status "
+            "WHERE run_id = %(run)s AND table_key = %(table)s AND chunk_index = %(index)s FOR UPDATE"
         )
-        status, attempts = cur.fetchone()  # type: ignore[misc]
-        return ChunkState(status, attempts)
+        row = _with_settings(
+            cur.connection, settings or {}, statement, {"run": run_id, "table": table_key, "index": index}
+        )
+        return ChunkState(row["status"], row["attempts"])
 
     def hold_open_run(self, cur: psycopg.Cursor[Any], run_id: str) -> None:
         """Inside a transaction about to commit a run's work: the run is still open, and stays so until
@@ -799,14 +845,20 @@ class Ledger:
         target_checksum: int | None,
         nul_replaced: int,
     ) -> None:
+        """Mark the (locked) chunk done, in the transaction that holds its rows; ``hold_open_run`` in the
+        same statement: the run's row is share-locked until the commit, and a run that is no longer
+        open marks nothing (``RunClosed``, the caller rolls back)."""
         cur.execute(
             self.q(
+                "WITH run AS (SELECT status FROM {s}.migration_runs WHERE run_id = %s FOR SHARE) "
                 "UPDATE {s}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
                 "duration_seconds = %s, finished_at = now(), last_error = NULL, error_retryable = NULL, "
                 "source_rows = %s, source_checksum = %s, target_checksum = %s, nul_replaced = %s "
-                "WHERE run_id = %s AND table_key = %s AND chunk_index = %s"
+                "FROM run WHERE run_id = %s AND table_key = %s AND chunk_index = %s AND run.status = ANY(%s) "
+                "RETURNING run.status"
             ),
             (
+                run_id,
                 rows,
                 nbytes,
                 seconds,
@@ -817,8 +869,12 @@ class Ledger:
                 run_id,
                 table_key,
                 index,
+                list(RUN_OPEN),
             ),
         )
+        if cur.fetchone() is None:
+            self.hold_open_run(cur, run_id)  # says why: the run is closed (or its chunk row is gone)
+            raise RunClosed(f"run {run_id} has no chunk {table_key}#{index} to mark done; this work is discarded")
 
     def record_failure(
         self,

@@ -81,7 +81,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
         with sf_session.connect(cfg.snowflake, f"cm_datacopy source={cfg.name} run={run_id} step=selftest") as sf:
             selftest.check(sf, pg, [col for entry in resumed for col in entry.columns])
         count = ledger.mark_resumed(pg, run_id)
-        publish.ensure_shadows(pg, resumed)
+        publish.ensure_shadows(pg, resumed, ledger)
         return RunStart(run_id, True, count, f"{decision.reason} (resume #{count})")
 
     run_id = new_run_id(cfg.name)
@@ -124,5 +124,5 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
     no_resume_flag = cfg.no_resume if no_resume is None else no_resume
     ledger.create_run(pg, run_id, cfg.name, cfg.fingerprint(), snapshot_at, no_resume_flag, entries)
     publish.drop_stale_shadows(pg, ledger, cfg.name, run_id)
-    publish.ensure_shadows(pg, [entry for entry, _ in entries])
+    publish.ensure_shadows(pg, [entry for entry, _ in entries], ledger)
     return RunStart(run_id, False, 0, decision.reason)
