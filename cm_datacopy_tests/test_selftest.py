@@ -77,7 +77,7 @@ def _written(pg: dict) -> list[tuple[str]]:
 def test_every_supported_type_passes(snowflake_server, source):
     cfg, pg = source
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
-        selftest.check(sf, conn, _columns())
+        selftest.check(sf, conn, _columns(), "migration_status")
         assert not conn.info.transaction_status  # idle: nothing left open, nothing written
 
 
@@ -164,7 +164,7 @@ def test_a_value_the_binary_encoder_refuses_is_named(snowflake_server, source, m
         psycopg.connect(**pg) as conn,
         pytest.raises(selftest.SelfTestError) as refused,
     ):
-        selftest.check(sf, conn, decimals)
+        selftest.check(sf, conn, decimals, "migration_status")
         assert not conn.info.transaction_status
     message = str(refused.value)
     assert "NUMBER(18,4) (PostgreSQL numeric(18,4)), value '99999999999999.9999'" in message
@@ -184,11 +184,13 @@ def test_each_type_goes_through_the_encoder_the_copy_chooses(snowflake_server, s
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS citext")
         conn.commit()
-        selftest.check(sf, conn, columns)
+        selftest.check(sf, conn, columns, "migration_status")
         assert not conn.info.transaction_status
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'cm_datacopy_selftest%'").fetchone() == (
             0,
         )
+        # the scratch schema it needed went with the rolled-back transaction too
+        assert conn.execute("SELECT to_regnamespace('migration_status')").fetchone() == (None,)
     assert "self-test of NUMBER(18,4) (PostgreSQL numeric(18,4)): COPY in binary format" in caplog.text
     assert "self-test of VARCHAR(16777216) (PostgreSQL citext): COPY in csv format" in caplog.text
     assert _written(pg) == []
@@ -203,7 +205,7 @@ def test_a_type_postgresql_lacks_is_named_without_a_value(snowflake_server, sour
         psycopg.connect(**pg) as conn,
         pytest.raises(selftest.SelfTestError) as refused,
     ):
-        selftest.check(sf, conn, columns)
+        selftest.check(sf, conn, columns, "migration_status")
     message = str(refused.value)
     assert "VARCHAR(16777216) (PostgreSQL citext): the values Snowflake delivers cannot be copied (csv COPY)" in message
     assert 'type "citext" does not exist' in message
@@ -215,4 +217,4 @@ def test_wide_decimals_pass(snowflake_server, source):
     cfg, pg = source
     wide = [ColumnPlan(f"C{i}", f"c{i}", f"NUMBER(38,{s})", f"numeric(38,{s})", True) for i, s in enumerate((1, 6, 18))]
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
-        selftest.check(sf, conn, wide)
+        selftest.check(sf, conn, wide, "migration_status")

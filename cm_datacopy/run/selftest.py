@@ -10,11 +10,14 @@ a chunk's SELECT returns it, with its canonical cell text and that text's hash.
 The values then travel as a chunk's rows do: the Arrow batches Snowflake returned, an ordinal added
 in Arrow, encoded by the encoder the copy chooses for the planned type (``choose_encoder``: binary
 COPY where the type has a wire form, CSV where the copy falls back) and written by the copy's own
-``copy_batches`` into a temporary table of that type. PostgreSQL then writes its text and hash of
+``copy_batches`` into a scratch table of that type. PostgreSQL then writes its text and hash of
 each stored value, read back in the ordinal's order. A difference, or a value the encoder or
 PostgreSQL refuses, stops the run with one message naming the type (with the value, and both texts
 where both were written). Nothing is written on either side: Snowflake runs a SELECT, and each
-temporary table lives in a PostgreSQL transaction that is rolled back.
+scratch table lives in a PostgreSQL transaction that is rolled back. The scratch table goes in the
+ledger schema (created inside that transaction if the run has not created it yet), not in
+``pg_temp``: the run needs CREATE there anyway, while the TEMPORARY privilege is one a hardened
+database may not grant.
 
 The encoder is chosen per type, from the planned type: the copy chooses per table, from the
 target's columns, so a type sharing a table with a column that has no binary form goes as CSV there.
@@ -24,6 +27,7 @@ The stand-in holds NUMBER(38,0) as a 64-bit integer: there, integers beyond int6
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -219,22 +223,27 @@ def _snowflake_side(session: Session, probes: list[_Probe]) -> list[_Delivered]:
 _REFUSALS = (psycopg.DataError, psycopg.ProgrammingError, DatacopyError, ValueError)
 
 
-def _postgres_side(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch]) -> list[tuple[str, int]]:
+def _postgres_side(
+    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], schema: str
+) -> list[tuple[str, int]]:
     """COPY the values as a chunk's rows go, then read PostgreSQL's canonical text and hash of each, in order.
 
     The encoder is the one the copy chooses for the type (binary, or CSV where it has no binary form);
-    the table is a temporary one of the planned type, in a transaction rolled back: nothing is written.
+    the table is a scratch one of the planned type in ``schema``, in a transaction rolled back: nothing
+    is written. Its name holds the process id, so two runs starting at once never wait on each other.
     """
     encoder = choose_encoder([_ORDINAL, probe.column])
     log.debug("checksum self-test of %s: COPY in %s format", probe.label, encoder.format)
-    name = f"cm_datacopy_selftest_{probe.column.target_name}"
-    table = sql.Identifier("pg_temp", name)
+    table = sql.Identifier(schema, f"cm_datacopy_selftest_{os.getpid()}")
     value = sql.Identifier(probe.column.target_name)
     cell = checksum.postgres_cell(probe.column, value)
     with pg.transaction() as tx, pg.cursor() as cur:
+        cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,))
+        if not cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         cur.execute(
-            sql.SQL("CREATE TEMPORARY TABLE {} ({} bigint, {} {})").format(
-                sql.Identifier(name), sql.Identifier(_ORDINAL.target_name), value, sql.SQL(probe.column.pg_type)
+            sql.SQL("CREATE TABLE {} ({} bigint, {} {})").format(
+                table, sql.Identifier(_ORDINAL.target_name), value, sql.SQL(probe.column.pg_type)
             )
         )
         copy_batches(cur, table, encoder, batches)
@@ -244,7 +253,7 @@ def _postgres_side(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.
             )
         )
         rows = [(text, int(number)) for text, number in cur.fetchall()]
-        raise psycopg.Rollback(tx)  # the temporary table goes with the transaction
+        raise psycopg.Rollback(tx)  # the scratch table (and schema) go with the transaction
     return rows
 
 
@@ -253,23 +262,29 @@ def _copy_format(probe: _Probe) -> str:
     return choose_encoder([_ORDINAL, probe.column]).format
 
 
-def _refused_value(pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch]) -> int | None:
+def _refused_value(
+    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], schema: str
+) -> int | None:
     """The ordinal of the first value the COPY refuses on its own (None: the type itself, or only together)."""
     try:
-        _postgres_side(pg, probe, [])  # no value at all: is it the type (one PostgreSQL lacks, say)?
+        _postgres_side(pg, probe, [], schema)  # no value at all: is it the type (one PostgreSQL lacks, say)?
     except _REFUSALS:
         return None
     for batch in batches:
         for r in range(batch.num_rows):
             try:
-                _postgres_side(pg, probe, [batch.slice(r, 1)])
+                _postgres_side(pg, probe, [batch.slice(r, 1)], schema)
             except _REFUSALS:
                 return int(batch.column(0)[r].as_py())
     return None
 
 
-def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan]) -> None:
-    """Stop the run (``SelfTestError``) if the databases write any planned type's edge values differently."""
+def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan], schema: str) -> None:
+    """Stop the run (``SelfTestError``) if the databases write any planned type's edge values differently.
+
+    ``schema``: where the scratch tables go (the ledger schema). A missing privilege there is no
+    finding of the self-test: it propagates, as the run would meet it next.
+    """
     probes = _probes(columns, session.dialect)
     if not probes:
         return
@@ -283,9 +298,11 @@ def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPla
     for probe, delivered in zip(probes, snowflake, strict=True):
         literals = [*probe.values, *[None] * (len(delivered.rendered) - len(probe.values))]
         try:
-            theirs = _postgres_side(pg, probe, delivered.batches)
+            theirs = _postgres_side(pg, probe, delivered.batches, schema)
+        except psycopg.errors.InsufficientPrivilege:
+            raise
         except _REFUSALS as exc:
-            where = _refused_value(pg, probe, delivered.batches)
+            where = _refused_value(pg, probe, delivered.batches, schema)
             shown = "" if where is None else f", value {_shown(literals[where])}"
             problems.append(
                 f"{probe.label}{shown}: the values Snowflake delivers cannot be copied "
