@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,16 +33,21 @@ from psycopg import sql
 
 from cm_datacopy.config import CONFIG_ENV
 from cm_datacopy.dagster_defs import build_definitions
+from cm_datacopy.dagster_defs.compute.ecs import WORKER_COMMAND
 from cm_datacopy.dagster_defs.instance import prepare_home
 from cm_datacopy.dagster_defs.reporting import CHECK_NAME
 from cm_datacopy.dagster_defs.tags import RESUME_ATTEMPT
 from cm_datacopy.standin.snowflake import StandinSnowflake
+from cm_datacopy.workers.protocol import REQUEST_ENV
 from cm_datacopy_tests.aws.conftest import (
     PROCESS_MARK,
     Planned,
+    ecs_compute,
     lambda_compute,
+    register_worker,
     serve_lambda,
 )
+from cm_datacopy_tests.aws.ecs_agent import EcsAgent
 from cm_datacopy_tests.aws.step import slow_chunk
 from cm_datacopy_tests.dagster.helpers import EVENTS_ROWS, REGIONS_ROWS, plan, seed_source, source_config
 from cm_datacopy_tests.dagster.stack import DagsterStack, processes_with_env
@@ -271,6 +277,49 @@ def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(setup: Setup, monkey
         ledger = ledger_chunks(setup)
         assert ledger[("copy.events", STALLED)]["attempts"] == 2
         assert all(c["attempts"] == 1 for k, c in ledger.items() if k != ("copy.events", STALLED))
+        assert pg_rows(
+            setup.target, "SELECT status FROM migration_status.migration_runs WHERE run_id = %s", (run_id,)
+        ) == [("completed",)]
+        assert_chunks_reported(setup, instance)
+    assert_no_secret_stored(setup, stack)
+
+
+# ---- ECS -------------------------------------------------------------------------------------------
+
+
+def test_ecs_backfill_runs_each_chunk_in_a_container(
+    setup: Setup, ecs: dict[str, Any], agent: EcsAgent, monkeypatch: pytest.MonkeyPatch
+):
+    config = setup.config(**ecs_compute(ecs))
+    register_worker(config)  # the password reaches the containers from Secrets Manager
+    with dagster_stack(setup, config, monkeypatch) as (stack, instance):
+        run_id = plan(build_definitions(config), instance, SOURCE)
+        keys = {table: partition_keys(instance, table) for table in TABLES}
+        assert [len(k) for k in keys.values()] == [3, 1]
+
+        backfill = stack.launch_backfill(list(PATHS.values()), "copy analytics on ECS")
+        stack.start_daemon()
+        stack.wait(
+            "every chunk partition and its check to be green in the UI",
+            lambda: all_green(stack, instance),
+            BASE + PER_CHUNK * CHUNKS,
+        )
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
+        assert len(runs) == len(TABLES), "one run per table"
+        for run in runs:
+            stack.wait_run(run.run_id, BASE)
+
+        # Each chunk ran once, in a container of its own: our entry point, its request in the environment.
+        agent.wait_stopped(BASE)
+        ran = sorted(
+            (request["task"]["table_key"], request["task"]["chunk_index"], run.command, run.exit_code)
+            for run in agent.runs.values()
+            for request in [json.loads(run.env[REQUEST_ENV])]
+        )
+        assert ran == sorted((t, int(k[:5]), WORKER_COMMAND, 0) for t in TABLES for k in keys[t])
+
+        assert_target_equals_source(setup)
+        assert all(c["attempts"] == 1 for c in ledger_chunks(setup).values())
         assert pg_rows(
             setup.target, "SELECT status FROM migration_status.migration_runs WHERE run_id = %s", (run_id,)
         ) == [("completed",)]
