@@ -21,7 +21,7 @@ import contextlib
 import decimal
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,34 @@ def ledger_chunks(setup: Setup) -> dict[tuple[str, int], dict[str, Any]]:
         return {(row["table_key"], row["chunk_index"]): row for row in cur.fetchall()}
 
 
+def explainer(setup: Setup, instance: dg.DagsterInstance, workers: Callable[[], list[str]]) -> Callable[[], str]:
+    """What a timed-out wait reports: the runs (with their failures), the ledger's chunks, the remote
+    workers' invocations or tasks, and the auto-resume sensor's last words."""
+
+    def explain() -> str:
+        lines = ["Dagster runs:"]
+        for run in reversed(instance.get_runs()):
+            where = run.tags.get("dagster/partition") or run.tags.get("dagster/asset_partition_range_start", "")
+            lines.append(
+                f"  {run.run_id[:8]} {run.job_name} {run.status.value} {where} {dict(run.tags).get(RESUME_ATTEMPT, '')}"
+            )
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+                data = entry.dagster_event.step_failure_data  # type: ignore[union-attr]
+                text = data.user_failure_data.description if data.user_failure_data else data.error.message
+                lines.append(f"    step failed: {(text or '')[:400]}")
+        lines.append("ledger chunks (status, attempts, last error):")
+        for (table, index), chunk in sorted(ledger_chunks(setup).items()):
+            lines.append(f"  {table}#{index} {chunk['status']} {chunk['attempts']} {(chunk['last_error'] or '')[:200]}")
+        lines.append("remote workers:")
+        lines += [f"  {w}" for w in workers()]
+        daemon = (setup.work / "daemon.log").read_text(errors="replace").splitlines()
+        lines.append("auto-resume sensor:")
+        lines += [f"  {line[-400:]}" for line in [x for x in daemon if "cm_datacopy_auto_resume" in x][-4:]]
+        return "\n".join(lines)
+
+    return explain
+
+
 def events_of(instance: dg.DagsterInstance, kind: dg.DagsterEventType) -> list[dg.EventLogEntry]:
     return [e for run in instance.get_runs() for e in instance.all_logs(run.run_id, of_type=kind)]
 
@@ -242,17 +270,22 @@ def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(setup: Setup, monkey
         keys = {table: partition_keys(instance, table) for table in TABLES}
         assert [len(k) for k in keys.values()] == [3, 1]
 
+        explain = explainer(
+            setup, instance, lambda: [f"{invoked_chunk(i)} {i.status}" for i in list(server.invocations)]
+        )
         stack.launch_backfill(list(PATHS.values()), "copy analytics on Lambda")
         stack.start_daemon()
         stack.wait(
             f"chunk copy.events#{STALLED} to be killed at the function's timeout",
             lambda: any(i.status == "timeout" for i in server.invocations),
             BASE + PER_CHUNK * CHUNKS + LAMBDA_TIMEOUT,
+            explain=explain,
         )
         stack.wait(
             "every chunk partition and its check to be green in the UI (the sensor resumed the killed chunk)",
             lambda: all_green(stack, instance),
             BASE + PER_CHUNK * CHUNKS,
+            explain=explain,
         )
         [resumed] = instance.get_runs(dg.RunsFilter(tags={RESUME_ATTEMPT: "1"}))
         stack.wait_run(resumed.run_id, BASE)
@@ -297,12 +330,18 @@ def test_ecs_backfill_runs_each_chunk_in_a_container(
         keys = {table: partition_keys(instance, table) for table in TABLES}
         assert [len(k) for k in keys.values()] == [3, 1]
 
+        explain = explainer(
+            setup,
+            instance,
+            lambda: [f"{json.loads(r.env[REQUEST_ENV])['task']} exit {r.exit_code}" for r in list(agent.runs.values())],
+        )
         backfill = stack.launch_backfill(list(PATHS.values()), "copy analytics on ECS")
         stack.start_daemon()
         stack.wait(
             "every chunk partition and its check to be green in the UI",
             lambda: all_green(stack, instance),
             BASE + PER_CHUNK * CHUNKS,
+            explain=explain,
         )
         runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill}))
         assert len(runs) == len(TABLES), "one run per table"

@@ -207,7 +207,15 @@ class DagsterStack:
         assert not data.get("errors"), data["errors"]
         return data["data"]
 
-    def wait(self, what: str, condition: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    def wait(
+        self,
+        what: str,
+        condition: Callable[[], Any],
+        timeout: float,
+        every: float = 0.5,
+        explain: Callable[[], str] | None = None,
+    ) -> Any:
+        """``condition()`` once true; ``explain()``, if given, says on a timeout what the stack was doing."""
         deadline = time.monotonic() + timeout
         while True:
             for name, proc in self.procs.items():
@@ -218,7 +226,13 @@ class DagsterStack:
                 if result := condition():
                     return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+                state = ""
+                if explain is not None:
+                    try:
+                        state = "\n" + explain()
+                    except Exception as exc:  # the explanation must not hide the timeout
+                        state = f"\n(could not explain: {type(exc).__name__}: {exc})"
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
             time.sleep(every)
 
     def launch_backfill(self, asset_paths: list[list[str]], title: str, partitions: list[str] | None = None) -> str:
