@@ -142,8 +142,11 @@ def partition_keys(instance: dg.DagsterInstance, table: str) -> list[str]:
     return instance.get_dynamic_partitions("__".join(PATHS[table]))
 
 
-def all_green(stack: DagsterStack, instance: dg.DagsterInstance) -> bool:
-    """Every chunk partition of every table materialized and its check passed, as the UI shows them."""
+def all_green(stack: DagsterStack, instance: dg.DagsterInstance, setup: Setup) -> bool:
+    """Every chunk partition of every table materialized and its check passed, as the UI shows them.
+    Fails at once if the migration run failed (the auto-resume sensor gave up): nothing more will come."""
+    for status, error in pg_rows(setup.target, "SELECT status, last_error FROM migration_status.migration_runs"):
+        assert status != "failed", f"the migration run failed: {error}"
     for table in TABLES:
         keys = sorted(partition_keys(instance, table))
         status = stack.partition_status(PATHS[table])
@@ -283,7 +286,7 @@ def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(setup: Setup, monkey
         )
         stack.wait(
             "every chunk partition and its check to be green in the UI (the sensor resumed the killed chunk)",
-            lambda: all_green(stack, instance),
+            lambda: all_green(stack, instance, setup),
             BASE + PER_CHUNK * CHUNKS,
             explain=explain,
         )
@@ -339,7 +342,7 @@ def test_ecs_backfill_runs_each_chunk_in_a_container(
         stack.start_daemon()
         stack.wait(
             "every chunk partition and its check to be green in the UI",
-            lambda: all_green(stack, instance),
+            lambda: all_green(stack, instance, setup),
             BASE + PER_CHUNK * CHUNKS,
             explain=explain,
         )

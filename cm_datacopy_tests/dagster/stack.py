@@ -215,24 +215,32 @@ class DagsterStack:
         every: float = 0.5,
         explain: Callable[[], str] | None = None,
     ) -> Any:
-        """``condition()`` once true; ``explain()``, if given, says on a timeout what the stack was doing."""
+        """``condition()`` once true. A condition that fails (an AssertionError: waiting is pointless), a
+        timeout, or a process of the stack that dies ends the wait; ``explain()``, if given, then says what
+        the stack was doing."""
+
+        def failed(message: str) -> AssertionError:
+            if explain is None:
+                return AssertionError(message)
+            try:
+                return AssertionError(f"{message}\n{explain()}")
+            except Exception as exc:  # the explanation must not hide the failure
+                return AssertionError(f"{message}\n(could not explain: {type(exc).__name__}: {exc})")
+
         deadline = time.monotonic() + timeout
         while True:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                     raise AssertionError(f"dagster {name} exited ({proc.returncode}) while waiting for {what}:\n{tail}")
-            with contextlib.suppress(OSError):
-                if result := condition():
-                    return result
+            try:
+                with contextlib.suppress(OSError):
+                    if result := condition():
+                        return result
+            except AssertionError as exc:
+                raise failed(f"while waiting for {what}: {exc}") from None
             if time.monotonic() > deadline:
-                state = ""
-                if explain is not None:
-                    try:
-                        state = "\n" + explain()
-                    except Exception as exc:  # the explanation must not hide the timeout
-                        state = f"\n(could not explain: {type(exc).__name__}: {exc})"
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{state}")
+                raise failed(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(every)
 
     def launch_backfill(self, asset_paths: list[list[str]], title: str, partitions: list[str] | None = None) -> str:
