@@ -259,7 +259,9 @@ def invoked_chunk(invocation: Any) -> tuple[str, int]:
     return task["table_key"], task["chunk_index"]
 
 
-def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(setup: Setup, monkeypatch: pytest.MonkeyPatch):
+def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, process_mark: str
+):
     config = setup.config(**lambda_compute(LAMBDA_TIMEOUT, LAMBDA_MARGIN))
     with (
         serve_lambda(monkeypatch, lambda_worker_env(config), LAMBDA_TIMEOUT) as server,
@@ -284,6 +286,8 @@ def test_lambda_backfill_with_a_chunk_killed_at_its_timeout(setup: Setup, monkey
             BASE + PER_CHUNK * CHUNKS + LAMBDA_TIMEOUT,
             explain=explain,
         )
+        marked = processes_with_env(PROCESS_MARK, process_mark)
+        assert set(stack.alive()) <= set(marked), "the leftover check at the end sees every process of the stack"
         stack.wait(
             "every chunk partition and its check to be green in the UI (the sensor resumed the killed chunk)",
             lambda: all_green(stack, instance, setup),
