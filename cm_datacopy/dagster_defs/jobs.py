@@ -30,7 +30,14 @@ from cm_datacopy.dagster_defs import partitions, tags
 from cm_datacopy.dagster_defs.publish import published_asset_key, published_metadata
 from cm_datacopy.dagster_defs.reporting import ChunkReporter, chunks_failure, error_failure, step_failure
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, reuse_storage_connections, source_lock
+from cm_datacopy.dagster_defs.steps import (
+    copy_tasks,
+    ensure_pool_limit,
+    load_source,
+    pool_name,
+    reuse_storage_connections,
+    source_lock,
+)
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.run.check import check_source
@@ -131,6 +138,7 @@ def _start(
     except DatacopyError as exc:
         raise error_failure(exc, f"planning {cfg.name}") from None
     context.log.info(f"{cfg.name}: {start.reason}")
+    ensure_pool_limit(context.instance, cfg.name)  # before any backfill of these chunks is queued
     for reg in partitions.register_run(context.instance, cfg, keys):
         context.log.info(
             f"{reg.table_key}: {reg.total} chunks ({reg.added} partitions added, {reg.removed} stale removed)"

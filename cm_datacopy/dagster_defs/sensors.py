@@ -15,10 +15,11 @@ is not resumed at all. Chunks that never ended (the run was killed) are requeste
 What it resumes: a failed ``copy_<source>`` run is launched again (it resumes the migration run and
 copies every chunk not done); a failed run of table assets (a backfill's, a launch from the UI, or
 one of this sensor's) gets exactly its chunks that are not done requested again, in as few runs as
-there are contiguous stretches of them. It watches every run of the deployment, because runs
-launched from the UI and from backfills run as ``__ASSET_JOB`` and would be missed by
-``monitored_jobs``, and leaves alone runs that Dagster's own run retries will retry
-(``dagster/will_retry``), so the two never double up.
+there are contiguous stretches of them, with the chunks that are done but that Dagster never recorded
+(a remote worker committed, its report was lost): their request reports the ledger's figures. It
+watches every run of the deployment, because runs launched from the UI and from backfills run as
+``__ASSET_JOB`` and would be missed by ``monitored_jobs``, and leaves alone runs that Dagster's own
+run retries will retry (``dagster/will_retry``), so the two never double up.
 """
 
 import logging
@@ -99,10 +100,10 @@ def resume_requests(
             resumed_runs: set[str] = set()
             for asset_key in (k for k in tables if targets.tables[k].source == source_name):
                 target = targets.tables[asset_key]
-                new, why = _table_requests(instance, pg, ledger, cfg, run, target, attempt)
+                new, why, resumes = _table_requests(instance, pg, ledger, cfg, run, asset_key, target, attempt)
                 requests += new
                 reasons += why
-                resumed_runs.update(r.tags[tags.MIGRATION_RUN] for r in new)
+                resumed_runs.update(resumes)
             for migration_run_id in sorted(resumed_runs):
                 count = ledger.mark_resumed(pg, migration_run_id)
                 log.info("resuming migration run %s (automatic resume #%d)", migration_run_id, count)
@@ -174,14 +175,19 @@ def _table_requests(
     ledger: Ledger,
     cfg: SourceConfig,
     run: dg.DagsterRun,
+    asset_key: dg.AssetKey,
     target: TableTarget,
     attempt: int,
-) -> tuple[list[dg.RunRequest], list[str]]:
-    """Requests for the run's chunks of one table that are not done and can succeed, grouped into
-    stretches of consecutive partitions; and the reasons for the chunks left alone."""
+) -> tuple[list[dg.RunRequest], list[str], set[str]]:
+    """Requests for the run's chunks of one table that are not done and can succeed, or done but never
+    recorded as materialized (a remote worker committed, its report was lost: the request only reports the
+    ledger's figures), grouped into stretches of consecutive partitions; the reasons for the chunks left
+    alone; and the migration runs the requests resume (those with chunks to copy)."""
     registered = instance.get_dynamic_partitions(target.partitions_def_name)
+    recorded = instance.get_materialized_partitions(asset_key)
     position = {key: i for i, key in enumerate(registered)}
-    wanted: dict[str, list[str]] = {}  # migration run id → partition keys to copy again
+    wanted: dict[str, list[str]] = {}  # migration run id → partition keys to request
+    copying: set[str] = set()  # migration runs with a requested chunk that is not done
     reasons: list[str] = []
     states: dict[str, dict[int, dict[str, Any]]] = {}
     decisions: dict[str, str | None] = {}
@@ -196,25 +202,39 @@ def _table_requests(
         except DatacopyError as exc:
             reasons.append(f"{where}: {exc}")
             continue
+        if entry.run_id not in states:
+            states[entry.run_id] = {r["chunk_index"]: r for r in ledger.chunk_rows(pg, entry.run_id, target.table_key)}
+        state = states[entry.run_id].get(index)
+        if state is None:
+            continue
+        if state["status"] == "done":
+            if key not in recorded:  # reported again from the ledger: no copy, no resume of the run
+                wanted.setdefault(entry.run_id, []).append(key)
+            continue
         if entry.run_id not in decisions:
             decision = decide(cfg, ledger.latest_run(pg, cfg.name), no_resume=False, automatic=True)
             resumes = decision.run is not None and decision.run.run_id == entry.run_id
             decisions[entry.run_id] = None if resumes else decision.reason
-            states[entry.run_id] = {r["chunk_index"]: r for r in ledger.chunk_rows(pg, entry.run_id, target.table_key)}
         if decisions[entry.run_id] is not None:
             reasons.append(f"{where}: migration run {entry.run_id} is not resumed ({decisions[entry.run_id]})")
-            continue
-        state = states[entry.run_id].get(index)
-        if state is None or state["status"] == "done":
             continue
         if state["status"] == "failed" and state["error_retryable"] is False:
             reasons.append(f"{where}: its error is final, fix the cause first: {state['last_error']}")
             continue
         wanted.setdefault(entry.run_id, []).append(key)
+        copying.add(entry.run_id)
     requests = []
     for migration_run_id, keys in wanted.items():
         if attempt >= cfg.max_resume_attempts:
-            reasons.append(_give_up(pg, ledger, cfg, migration_run_id, f"{target.table_key} run {run.run_id}", attempt))
+            what = f"{target.table_key} run {run.run_id}"
+            if migration_run_id in copying:
+                reasons.append(_give_up(pg, ledger, cfg, migration_run_id, what, attempt))
+            else:
+                reasons.append(
+                    f"{what}: chunks done in the ledger but not recorded by Dagster; giving up after {attempt} "
+                    f"automatic resumes (max_resume_attempts={cfg.max_resume_attempts}): backfill them to record them"
+                )
+            copying.discard(migration_run_id)
             continue
         for stretch in _stretches(sorted(keys, key=position.__getitem__), position):
             request_tags = {
@@ -232,7 +252,7 @@ def _table_requests(
                     tags=request_tags,
                 )
             )
-    return requests, reasons
+    return requests, reasons, copying
 
 
 def _stretches(keys: list[str], position: dict[str, int]) -> list[list[str]]:

@@ -28,6 +28,24 @@ def pool_name(source: str) -> str:
     return f"cm_datacopy_{source}"
 
 
+def ensure_pool_limit(instance: Any, source: str) -> None:
+    """Give the source's pool the instance's default limit now, if it has no limit yet.
+
+    The run queue gives a pool its default limit the first time it sees the pool queued, but it
+    checks the limits it read before that, in the same pass: every run of the pool queued by then
+    starts at once. A backfill of a new source's tables queues a run per table together, so without
+    this they would meet on the source's lock and all but one fail. Planning (``plan_<source>``,
+    ``copy_<source>``) comes before any backfill of the chunks it registers, so it sets the limit here.
+    A limit someone set, or no default limit at all, is left as it is.
+    """
+    storage = instance.event_log_storage
+    pool = pool_name(source)
+    if not instance.global_op_concurrency_default_limit or not storage.supports_global_concurrency_limits:
+        return
+    if pool not in storage.get_concurrency_keys():
+        storage.initialize_concurrency_limit_to_default(pool)
+
+
 def load_source(datacopy: DatacopyConfig, name: str, **overrides: Any) -> SourceConfig:
     """The source's config as the file says now, with a run's overrides (validated by the run config's
     own schema); a file that does not validate fails the step, finally: someone must fix it."""

@@ -7,14 +7,17 @@ AWS service the code under test calls is pointed, through botocore's per-service
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import psycopg
 import pytest
 
@@ -23,10 +26,16 @@ from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.postgres.lock import SourceLock
 from cm_datacopy.run.resume import start_or_resume
 from cm_datacopy.standin.snowflake import StandinSnowflake
+from cm_datacopy_tests.aws.ecs_agent import EcsAgent, python_env
+from cm_datacopy_tests.aws.fake_lambda import FakeFunction, FakeLambda
 from cm_datacopy_tests.helpers import REPO, SNOWFLAKE_PASSWORD_ENV, load, sf_execute, write_config
 
 REGION = "us-east-1"
 BUCKET = "cm-datacopy-pipes"
+FUNCTION = "cm-datacopy-worker"
+# Every process a test's stand-ins start (Lambda environments, ECS containers) and, through the Dagster
+# stack's environment, every process of the stack carries this variable: one look at /proc finds them all.
+PROCESS_MARK = "CM_DATACOPY_TEST_PROCESS_MARK"
 EVENTS_ROWS = 5_000
 EVENTS_CHUNK = 2_000  # 3 chunks
 # In place: each chunk lands in copy.events as it commits.
@@ -67,8 +76,49 @@ def moto_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def aws_env() -> dict[str, str]:
-    """The AWS variables a worker process gets: the fake credentials and the stand-ins' endpoints."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    """The AWS variables a worker process gets: the fake credentials and the stand-ins' endpoints (and the
+    test's process mark, if it set one)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k == PROCESS_MARK}
+
+
+@pytest.fixture
+def process_mark(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh value of ``PROCESS_MARK`` in this process's environment, so every process started from
+    here on (stand-ins' workers, a Dagster stack) carries it; ``processes_with_env`` finds leftovers."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(PROCESS_MARK, value)
+    return value
+
+
+def lambda_compute(timeout: int = 120, margin: int = 10, **settings: Any) -> dict[str, Any]:
+    """A source's settings for chunks on the function ``FUNCTION`` (``timeout`` is the function's)."""
+    return {
+        "compute": {
+            "kind": "lambda",
+            "chunk_max_seconds": timeout - margin,
+            "lambda": {
+                "function_name": FUNCTION,
+                "region": REGION,
+                "timeout_seconds": timeout,
+                "deadline_margin_seconds": margin,
+                **settings,
+            },
+        },
+        "chunk_timeout_seconds": timeout + 60,
+    }
+
+
+@contextlib.contextmanager
+def serve_lambda(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], timeout: float = 120, **function: Any
+) -> Iterator[FakeLambda]:
+    """``FUNCTION`` on a ``FakeLambda`` (the function's ``environment`` as a deployer sets it), its endpoint
+    in ``AWS_ENDPOINT_URL_LAMBDA`` for the clients (and processes) created from now on."""
+    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **aws_env()}
+    fn = FakeFunction(timeout_seconds=timeout, environment=environment, **function)
+    with FakeLambda({FUNCTION: fn}, base) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", server.url)
+        yield server
 
 
 @dataclass
@@ -167,3 +217,84 @@ def allowed_actions(policy: str) -> set[str]:
     for statement in document["Statement"]:
         actions.update([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
     return actions
+
+
+# ---- ECS: a cluster in moto, the worker's task definition, the agent that runs its tasks ----------------
+
+CLUSTER, FAMILY, CONTAINER, LOG_GROUP = "cm-datacopy", "cm-datacopy-worker", "worker", "/ecs/cm-datacopy-worker"
+
+
+@pytest.fixture
+def ecs(moto_url: str) -> Iterator[dict[str, Any]]:
+    """A cluster, a VPC with a private subnet and a security group; the worker's task definition is
+    registered by ``ecs_compute`` (its environment names the test's config file)."""
+    ec2 = boto3.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # moto needs it for awsvpc ENIs
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="cm-datacopy-worker", Description="worker", VpcId=vpc)["GroupId"]
+    boto3.client("ecs").create_cluster(clusterName=CLUSTER)
+    yield {"subnet": subnet, "group": group, "url": moto_url}
+
+
+def ecs_compute(ecs: dict[str, Any], timeout: int = 120, margin: int = 10, **settings: Any) -> dict[str, Any]:
+    return {
+        "compute": {
+            "kind": "ecs",
+            "chunk_max_seconds": timeout - margin,
+            "ecs": {
+                "cluster": CLUSTER,
+                "task_definition": FAMILY,
+                "container": CONTAINER,
+                "region": REGION,
+                "subnets": [ecs["subnet"]],
+                "security_groups": [ecs["group"]],
+                "timeout_seconds": timeout,
+                "deadline_margin_seconds": margin,
+                "start_timeout_seconds": 30,
+                "poll_seconds": 1,
+                **settings,
+            },
+        },
+        "chunk_timeout_seconds": timeout + 60,
+    }
+
+
+def register_worker(config: Path) -> None:
+    """The worker's task definition as docs/deploy-ecs.md describes it: awslogs, the config file's path in
+    its environment, the Snowflake password from Secrets Manager."""
+    secret = boto3.client("secretsmanager").create_secret(
+        Name="cm-datacopy/snowflake-password", SecretString=os.environ[SNOWFLAKE_PASSWORD_ENV]
+    )["ARN"]
+    boto3.client("ecs").register_task_definition(
+        family=FAMILY,
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="1024",
+        memory="4096",
+        containerDefinitions=[
+            {
+                "name": CONTAINER,
+                "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/cm-datacopy-worker:test",
+                "memory": 4096,  # moto wants a container-level memory
+                "essential": True,
+                "environment": [{"name": "CM_DATACOPY_CONFIG", "value": str(config)}],
+                "secrets": [{"name": SNOWFLAKE_PASSWORD_ENV, "valueFrom": secret}],
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-group": LOG_GROUP,
+                        "awslogs-region": REGION,
+                        "awslogs-stream-prefix": "chunk",
+                        "awslogs-create-group": "true",
+                    },
+                },
+            }
+        ],
+    )
+
+
+@pytest.fixture
+def agent(ecs: dict[str, Any]) -> Iterator[EcsAgent]:
+    with EcsAgent(ecs["url"], REGION, {**python_env(), "HOME": os.environ.get("HOME", "/tmp"), **aws_env()}) as a:
+        yield a

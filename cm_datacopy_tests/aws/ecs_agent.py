@@ -77,8 +77,10 @@ class EcsAgent:
         state_manager.unset_transition(model_name="ecs::task")
 
     def wait_stopped(self, timeout: float = 120) -> None:
+        """Until every container has ended and its end is recorded (exit code, task STOPPED): the process
+        ends before its output is drained and its exit code read."""
         deadline = time.monotonic() + timeout
-        while any(r.proc is not None and r.proc.poll() is None for r in self.runs.values()):
+        while any(r.proc is not None and r.exit_code is None for r in self.runs.values()):
             if time.monotonic() > deadline:
                 raise TimeoutError("a container is still running")
             time.sleep(0.05)
@@ -153,11 +155,12 @@ class EcsAgent:
                 batch, last = [], time.monotonic()
         self._ship(run, batch)
         code = run.proc.wait()
-        run.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
+        exit_code = 128 - code if code < 0 else code  # killed by a signal: 128 + its number
         if run.stop_requested:
-            self._mark_stopped(task, run.exit_code, "UserInitiated", task.stopped_reason or "Task stopped by user")
+            self._mark_stopped(task, exit_code, "UserInitiated", task.stopped_reason or "Task stopped by user")
         else:
-            self._mark_stopped(task, run.exit_code, "EssentialContainerExited", "Essential container in task exited")
+            self._mark_stopped(task, exit_code, "EssentialContainerExited", "Essential container in task exited")
+        run.exit_code = exit_code  # last: wait_stopped returns once it is set
 
     def _ship(self, run: ContainerRun, lines: list[str]) -> None:
         if lines and run.log_group:

@@ -84,18 +84,32 @@ def run_step(
     return outcome
 
 
-def slow_chunk(planned: Planned, index: int, seconds: float) -> None:
-    """Make PostgreSQL hold the COPY of one chunk for ``seconds`` (a row trigger on one of its rows)."""
+def slow_chunk(planned: Planned, index: int, seconds: float, *, first_attempt_only: bool = False) -> None:
+    """Make PostgreSQL hold the COPY of one chunk for ``seconds`` (a row trigger on one of its rows).
+
+    ``first_attempt_only``: only while the ledger counts one attempt of the chunk (the claim commits
+    before the COPY), so the next attempt copies at full speed with nobody dropping the trigger.
+    """
     row = next(r for r in planned.chunk_rows() if r["chunk_index"] == index)
     value = int(row["lower_bound"]) if row["lower_bound"] is not None else int(row["upper_bound"]) - 1
     while value % 101 == 7:  # ids ≡ 7 (mod 101) are NULL in the source
         value += 1
+    condition = sql.SQL("true")
+    if first_attempt_only:
+        condition = sql.SQL(
+            "(SELECT attempts FROM {} WHERE run_id = {} AND table_key = {} AND chunk_index = {}) = 1"
+        ).format(
+            sql.Identifier(planned.cfg.postgres.ledger_schema, "migration_chunk_status"),
+            sql.Literal(planned.run_id),
+            sql.Literal(planned.table_key),
+            sql.Literal(index),
+        )
     with psycopg.connect(**planned.pg, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
                 "CREATE OR REPLACE FUNCTION copy.slow_row() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep({}); RETURN NEW; END $$"
-            ).format(sql.Literal(seconds))
+                "$$ BEGIN IF {} THEN PERFORM pg_sleep({}); END IF; RETURN NEW; END $$"
+            ).format(condition, sql.Literal(seconds))
         )
         conn.execute(
             sql.SQL(

@@ -5,108 +5,26 @@ CloudWatch Logs, the real exit code); real copies from the Snowflake stand-in in
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import boto3
-import pytest
 
 from cm_datacopy.dagster_defs.compute.ecs import EcsDispatcher
 from cm_datacopy.run.verify import verify_table
 from cm_datacopy_tests.aws.conftest import (
     BUCKET,
+    CLUSTER,
     EVENTS_ROWS,
-    REGION,
+    LOG_GROUP,
     Planned,
     allowed_actions,
-    aws_env,
+    ecs_compute,
     record_calls,
+    register_worker,
 )
-from cm_datacopy_tests.aws.ecs_agent import EcsAgent, python_env
 from cm_datacopy_tests.aws.step import chunk_state, key, run_step, slow_chunk
-from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV
-
-CLUSTER, FAMILY, CONTAINER, LOG_GROUP = "cm-datacopy", "cm-datacopy-worker", "worker", "/ecs/cm-datacopy-worker"
-
-
-@pytest.fixture
-def ecs(moto_url: str) -> Iterator[dict[str, Any]]:
-    """A cluster, a VPC with a private subnet and a security group; the worker's task definition is
-    registered by ``ecs_compute`` (its environment names the test's config file)."""
-    ec2 = boto3.client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # moto needs it for awsvpc ENIs
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-    group = ec2.create_security_group(GroupName="cm-datacopy-worker", Description="worker", VpcId=vpc)["GroupId"]
-    boto3.client("ecs").create_cluster(clusterName=CLUSTER)
-    yield {"subnet": subnet, "group": group, "url": moto_url}
-
-
-def ecs_compute(ecs: dict[str, Any], timeout: int = 120, margin: int = 10, **settings: Any) -> dict[str, Any]:
-    return {
-        "compute": {
-            "kind": "ecs",
-            "chunk_max_seconds": timeout - margin,
-            "ecs": {
-                "cluster": CLUSTER,
-                "task_definition": FAMILY,
-                "container": CONTAINER,
-                "region": REGION,
-                "subnets": [ecs["subnet"]],
-                "security_groups": [ecs["group"]],
-                "timeout_seconds": timeout,
-                "deadline_margin_seconds": margin,
-                "start_timeout_seconds": 30,
-                "poll_seconds": 1,
-                **settings,
-            },
-        },
-        "chunk_timeout_seconds": timeout + 60,
-    }
-
-
-def register_worker(planned: Planned) -> None:
-    """The worker's task definition as docs/deploy-ecs.md describes it: awslogs, the config file's path in
-    its environment, the Snowflake password from Secrets Manager."""
-    secret = boto3.client("secretsmanager").create_secret(
-        Name="cm-datacopy/snowflake-password", SecretString=os.environ[SNOWFLAKE_PASSWORD_ENV]
-    )["ARN"]
-    boto3.client("ecs").register_task_definition(
-        family=FAMILY,
-        networkMode="awsvpc",
-        requiresCompatibilities=["FARGATE"],
-        cpu="1024",
-        memory="4096",
-        containerDefinitions=[
-            {
-                "name": CONTAINER,
-                "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/cm-datacopy-worker:test",
-                "memory": 4096,  # moto wants a container-level memory
-                "essential": True,
-                "environment": [{"name": "CM_DATACOPY_CONFIG", "value": str(planned.config)}],
-                "secrets": [{"name": SNOWFLAKE_PASSWORD_ENV, "valueFrom": secret}],
-                "logConfiguration": {
-                    "logDriver": "awslogs",
-                    "options": {
-                        "awslogs-group": LOG_GROUP,
-                        "awslogs-region": REGION,
-                        "awslogs-stream-prefix": "chunk",
-                        "awslogs-create-group": "true",
-                    },
-                },
-            }
-        ],
-    )
-
-
-@pytest.fixture
-def agent(ecs: dict[str, Any]) -> Iterator[EcsAgent]:
-    with EcsAgent(ecs["url"], REGION, {**python_env(), "HOME": os.environ.get("HOME", "/tmp"), **aws_env()}) as a:
-        yield a
 
 
 def assert_copied(planned: Planned) -> None:
@@ -117,7 +35,7 @@ def assert_copied(planned: Planned) -> None:
 
 def test_chunks_copy_through_ecs_in_one_step(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     dispatcher = EcsDispatcher(planned.cfg.compute.ecs)
     calls = record_calls(dispatcher.ecs_client, dispatcher.logs_client)
     step = run_step(planned, dispatcher, in_flight=3)
@@ -148,7 +66,7 @@ def test_chunks_copy_through_ecs_in_one_step(plan_source, ecs, agent):
 
 def test_s3_messages(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs, messages_bucket=BUCKET))
-    register_worker(planned)
+    register_worker(planned.config)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     dispatcher = EcsDispatcher(planned.cfg.compute.ecs)
     calls = record_calls(dispatcher.ecs_client, dispatcher.logs_client, dispatcher.s3_client)
@@ -161,7 +79,7 @@ def test_s3_messages(plan_source, ecs, agent):
 
 def test_a_crashed_container_fails_its_chunk_with_the_exit_code(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     slow_chunk(planned, 1, 30)
 
     def kill_when_running() -> None:
@@ -186,7 +104,7 @@ def test_a_task_stopped_by_ecs_rolls_back_and_reports(plan_source, ecs, agent):
     """A chunk stuck in a statement past start_timeout + timeout: the dispatcher stops its task; the worker
     gets SIGTERM, cancels its statement, rolls back, records the failure and exits."""
     planned = plan_source(**ecs_compute(ecs, timeout=12, margin=4, start_timeout_seconds=10))
-    register_worker(planned)
+    register_worker(planned.config)
     slow_chunk(planned, 2, 120)
     started = time.monotonic()
     step = run_step(planned, EcsDispatcher(planned.cfg.compute.ecs), indexes=[2])
@@ -208,7 +126,7 @@ def test_run_task_failures_are_named(plan_source, ecs, agent, monkeypatch):
     from moto.ecs.responses import EC2ContainerServiceResponse
 
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     failures = [{"arn": "arn:aws:ecs:us-east-1:123456789012:container-instance/x", "reason": "RESOURCE:MEMORY"}]
     monkeypatch.setattr(
         EC2ContainerServiceResponse, "run_task", lambda self: ActionResult({"tasks": [], "failures": failures})
@@ -225,7 +143,7 @@ def test_run_task_failures_are_named(plan_source, ecs, agent, monkeypatch):
 
 def test_a_task_that_fails_to_start(plan_source, ecs, agent):
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     agent.fail_to_start_next = "CannotPullContainerError: pull access denied for cm-datacopy-worker"
     result = run_step(planned, EcsDispatcher(planned.cfg.compute.ecs), indexes=[0]).results[0]
     assert result.retryable and "ECS task failed to start: CannotPullContainerError" in result.error
@@ -235,7 +153,7 @@ def test_plain_moto_runs_nothing_and_the_dispatcher_says_so(plan_source, ecs):
     """Without the agent moto's task walks to STOPPED with exit code 0 and nothing ran: a false green that
     the dispatcher refuses, because no ChunkResult came back."""
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     step = run_step(planned, EcsDispatcher(planned.cfg.compute.ecs), indexes=[0])
     result = step.results[0]
     assert not step.run.success and result.retryable and "no report of chunk copy.events#00000" in result.error
@@ -250,7 +168,7 @@ def test_tasks_still_running_are_stopped_when_the_step_ends(plan_source, ecs, ag
     import dagster as dg
 
     planned = plan_source(**ecs_compute(ecs))
-    register_worker(planned)
+    register_worker(planned.config)
     slow_chunk(planned, 2, 120)
     tasks = {t.chunk_index: t for t in planned.tasks()}
     seen = []

@@ -20,35 +20,17 @@ from cm_datacopy.run.verify import verify_table
 from cm_datacopy_tests.aws.conftest import (
     BUCKET,
     EVENTS_ROWS,
-    REGION,
+    FUNCTION,
     Planned,
     allowed_actions,
-    aws_env,
+    lambda_compute,
     record_calls,
+    serve_lambda,
     worker_env,
 )
-from cm_datacopy_tests.aws.fake_lambda import FakeFunction, FakeLambda
+from cm_datacopy_tests.aws.fake_lambda import FakeLambda
 from cm_datacopy_tests.aws.step import chunk_state, fast_again, key, run_step, slow_chunk
 from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV
-
-FUNCTION = "cm-datacopy-worker"
-
-
-def lambda_compute(timeout: int = 120, margin: int = 10, **settings: Any) -> dict[str, Any]:
-    return {
-        "compute": {
-            "kind": "lambda",
-            "chunk_max_seconds": timeout - margin,
-            "lambda": {
-                "function_name": FUNCTION,
-                "region": REGION,
-                "timeout_seconds": timeout,
-                "deadline_margin_seconds": margin,
-                **settings,
-            },
-        },
-        "chunk_timeout_seconds": timeout + 60,
-    }
 
 
 @contextlib.contextmanager
@@ -56,10 +38,7 @@ def fake_lambda(
     planned: Planned, monkeypatch: pytest.MonkeyPatch, timeout: float = 120, **function: Any
 ) -> Iterator[FakeLambda]:
     environment = function.pop("environment", None) or worker_env(planned)
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **aws_env()}
-    fn = FakeFunction(timeout_seconds=timeout, environment=environment, **function)
-    with FakeLambda({FUNCTION: fn}, base) as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", server.url)
+    with serve_lambda(monkeypatch, environment, timeout, **function) as server:
         yield server
 
 

@@ -207,18 +207,40 @@ class DagsterStack:
         assert not data.get("errors"), data["errors"]
         return data["data"]
 
-    def wait(self, what: str, condition: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
+    def wait(
+        self,
+        what: str,
+        condition: Callable[[], Any],
+        timeout: float,
+        every: float = 0.5,
+        explain: Callable[[], str] | None = None,
+    ) -> Any:
+        """``condition()`` once true. A condition that fails (an AssertionError: waiting is pointless), a
+        timeout, or a process of the stack that dies ends the wait; ``explain()``, if given, then says what
+        the stack was doing."""
+
+        def failed(message: str) -> AssertionError:
+            if explain is None:
+                return AssertionError(message)
+            try:
+                return AssertionError(f"{message}\n{explain()}")
+            except Exception as exc:  # the explanation must not hide the failure
+                return AssertionError(f"{message}\n(could not explain: {type(exc).__name__}: {exc})")
+
         deadline = time.monotonic() + timeout
         while True:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
                     raise AssertionError(f"dagster {name} exited ({proc.returncode}) while waiting for {what}:\n{tail}")
-            with contextlib.suppress(OSError):
-                if result := condition():
-                    return result
+            try:
+                with contextlib.suppress(OSError):
+                    if result := condition():
+                        return result
+            except AssertionError as exc:
+                raise failed(f"while waiting for {what}: {exc}") from None
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+                raise failed(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(every)
 
     def launch_backfill(self, asset_paths: list[list[str]], title: str, partitions: list[str] | None = None) -> str:

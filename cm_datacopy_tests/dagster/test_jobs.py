@@ -131,3 +131,25 @@ def test_a_bad_config_or_connection_fails_its_own_step_and_writes_nothing(
     assert failed_step == {"config": "analytics_validate_config", "connections": "analytics_test_connections"}[where]
     assert _step_failure(result).metadata[RETRYABLE].value is (where == "connections")
     assert pg_rows(pg_db, "SELECT to_regclass('migration_status.migration_runs')") == [(None,)]
+
+
+def test_planning_gives_the_source_pool_its_limit_before_a_backfill_queues_runs(
+    snowflake_server, sf_db, pg_db, config_path
+):
+    """The run queue applies a pool's default limit only from the pass after it first sees the pool: the
+    runs of a first backfill of a source's tables, queued together, would all start and meet on the
+    source's lock. Planning sets the limit first; a limit someone set is kept."""
+    defs = _setup(snowflake_server, sf_db, pg_db, config_path)
+    pools = {"concurrency": {"pools": {"granularity": "run", "default_limit": 1}}}
+    with dg.instance_for_test(overrides=pools) as instance:
+        storage = instance.event_log_storage
+        assert "cm_datacopy_analytics" not in storage.get_concurrency_keys()
+        plan(defs, instance)
+        assert "cm_datacopy_analytics" in storage.get_concurrency_keys()  # what the queue reads first
+        assert storage.get_concurrency_info("cm_datacopy_analytics").slot_count == 1
+        storage.set_concurrency_slots("cm_datacopy_analytics", 3)
+        plan(defs, instance)
+        assert storage.get_concurrency_info("cm_datacopy_analytics").slot_count == 3
+    with dg.instance_for_test() as instance:  # no default limit: nothing is set
+        plan(defs, instance)
+        assert "cm_datacopy_analytics" not in instance.event_log_storage.get_concurrency_keys()

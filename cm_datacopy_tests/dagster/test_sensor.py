@@ -6,6 +6,7 @@ import dagster as dg
 import psycopg
 import pytest
 
+from cm_datacopy.chunk import ChunkTask, copy_chunk
 from cm_datacopy.config import load_config
 from cm_datacopy.dagster_defs import resume_targets
 from cm_datacopy.dagster_defs.sensors import SENSOR_NAME, resume_requests
@@ -106,6 +107,30 @@ def test_sensor_requests_exactly_the_chunks_left_undone_in_stretches_then_gives_
     assert materialized(instance, EVENTS_KEY) == set(keys)
     assert isinstance(_evaluate(defs, instance, failed), dg.SkipReason), "done chunks are not requested again"
     assert pg_rows(pg, "SELECT count(*), count(DISTINCT body) FROM copy.events") == [(EVENTS_ROWS, EVENTS_ROWS)]
+
+
+def test_a_chunk_done_but_never_recorded_is_requested_to_report_the_ledgers_figures(setup, config_path):
+    """A worker committed its chunk but its report never reached Dagster (a Lambda log tail that lost it):
+    the ledger says done, the UI says failed. The sensor requests it again; that run copies nothing and
+    records the ledger's figures."""
+    defs, instance, pg = setup
+    run_id = plan(defs, instance)
+    keys = instance.get_dynamic_partitions(EVENTS_PARTITIONS)
+    failed = _failed_range(defs, instance, pg, keys, held=[1])
+    cfg = load_config(config_path).source("analytics")
+    assert copy_chunk(cfg, ChunkTask("analytics", run_id, "copy.events", 1)).outcome == "copied"  # unreported
+    assert materialized(instance, EVENTS_KEY) == {keys[0], keys[2]}
+
+    [request] = _evaluate(defs, instance, failed).run_requests
+    assert (request.job_name, request.partition_key, request.tags[RESUME_ATTEMPT]) == (EVENTS_JOB, keys[1], "1")
+    assert _resume_count(pg, run_id) == 0, "nothing to copy: the migration run is not resumed"
+    reported = _run(defs, instance, request)
+    assert reported.success
+    [event] = reported.get_asset_materialization_events()
+    assert event.materialization.metadata["copied"].value == "earlier (figures from the ledger)"
+    assert materialized(instance, EVENTS_KEY) == set(keys)
+    assert pg_rows(pg, "SELECT attempts FROM migration_status.migration_chunk_status WHERE chunk_index = 1") == [(2,)]
+    assert isinstance(_evaluate(defs, instance, failed), dg.SkipReason), "recorded now: not requested again"
 
 
 def test_consecutive_chunks_are_resumed_in_one_run_and_resumes_stop_at_max_attempts(setup):
