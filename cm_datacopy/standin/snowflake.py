@@ -5,8 +5,9 @@ Snowflake code path runs. Three things are always added to fakesnow here:
 
 * NULL timestamps survive (fakesnow 0.12 server mode turns them into 1970-01-01); a stand-in that
   loses NULLs would hide real bugs.
-* ``CURRENT_VERSION()`` says it is the stand-in (``…-cm-datacopy-standin``): cm_datacopy picks the
-  SQL of the few functions DuckDB lacks by what the server is (``Session.dialect``).
+* ``CURRENT_VERSION()`` says it is the stand-in (``10.0.0 cm-datacopy-standin``: after a space, where
+  Snowflake documents an optional internal identifier, so clients that parse the version still can):
+  cm_datacopy picks the SQL of the few functions DuckDB lacks by what the server is (``Session.dialect``).
 * The login checks the user and password, so a wrong password is refused as Snowflake would
   refuse it (fakesnow accepts anything).
 
@@ -134,7 +135,7 @@ def _patch_fakesnow(
     import fakesnow.transforms.transforms as ft
 
     if STANDIN_VERSION_TAG not in ft.SERVER_VERSION:
-        ft.SERVER_VERSION = f"{ft.SERVER_VERSION}-{STANDIN_VERSION_TAG}"
+        ft.SERVER_VERSION = f"{ft.SERVER_VERSION} {STANDIN_VERSION_TAG}"
 
     stats = _Stats()
     original_login = fs.login_request
