@@ -1,7 +1,7 @@
 """Copy throughput beside ceilings measured in the same run (the machine may be shared and busy).
 
     .venv/bin/pip install -e ".[test,bench]"
-    .venv/bin/python -m benchmarks.throughput [--rows 2000000] [--memory] [--skip-dlt]
+    .venv/bin/python -m benchmarks.throughput [--rows 2000000] [--memory] [--parts runs,per-chunk,dlt]
 
 One run builds ``--rows`` rows × 7 columns (NUMBER(18,0), TIMESTAMP_NTZ, NUMBER(18,2), VARCHAR,
 BOOLEAN, DATE, VARIANT) in the Snowflake stand-in (one ``CREATE TABLE … AS SELECT … GENERATOR``,
@@ -390,6 +390,19 @@ class Bench:
         self.drop_schema("b_dlt_sql_table")
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def progress(text: str) -> None:
     """What runs now (stderr), so a long benchmark shows where it is."""
     print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
@@ -414,7 +427,14 @@ def print_table(bench: Bench, info: dict[str, Any]) -> None:
         f"{args.rows:,} rows × 7 columns (NUMBER(18,0), TIMESTAMP_NTZ, NUMBER(18,2), VARCHAR, BOOLEAN, DATE, VARIANT); "
         f"fakesnow stand-in → local PostgreSQL; {info['started']}"
     )
-    print(f"table built in the stand-in in {info['build_seconds']:.1f} s")
+    counters = info.get("standin_counters", {})
+    cache = os.environ.get(standin.TRANSLATION_CACHE_ENV, "1")
+    print(
+        f"table built in the stand-in in {info['build_seconds']:.1f} s; stand-in query translation cache "
+        f"{'off' if cache.strip().lower() in ('0', 'false', 'no', 'off') else 'on'} "
+        f"({counters.get('translations_reused', 0):,} queries reused a translation, "
+        f"{counters.get('translations', 0):,} translated); commit {info['commit']}"
+    )
     ceiling = bench.serial_ceiling
     header = f"{'step':70} {'seconds':>8} {'rows/s':>10} {'×ceiling':>8} {'peak RSS':>9}  note"
     print(header)
@@ -436,9 +456,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--memory", action="store_true", help="also run at 5× --rows and compare peak RSS")
-    parser.add_argument("--skip-dlt", action="store_true", help="leave out the dlt comparisons")
     parser.add_argument(
-        "--quick", action="store_true", help="only the ceilings, the default run and dlt (a smoke test)"
+        "--parts",
+        default="runs,per-chunk,dlt",
+        help="comma-separated, of runs (the mode/workers/verify grid), per-chunk, dlt; the ceilings and one run "
+        "always (default: all)",
     )
     args = parser.parse_args()
     info: dict[str, Any] = {
@@ -446,6 +468,7 @@ def main() -> None:
         "load_start": load_average(),
         "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "rows": args.rows,
+        "commit": _commit(),
     }
     work = Path(tempfile.mkdtemp(prefix="cmdc-bench-"))
     password = secrets.token_urlsafe(12)
@@ -454,6 +477,7 @@ def main() -> None:
         with standin.running(password, work) as sf, fresh_pg_database("cmdc_bench") as pg:
             bench = Bench(args, sf, pg, work)
             measure(bench, info)
+            info["standin_counters"] = sf.stats()["counters"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["load_end"] = load_average()
@@ -477,7 +501,8 @@ def measure(bench: Bench, info: dict[str, Any]) -> None:
     bench.ceilings(source, run_id, f"b_{source}")
     bench.drop_schema(f"b_{source}")
     bench.rows.append(base)
-    if not bench.args.quick:
+    parts = set(filter(None, bench.args.parts.split(",")))
+    if "runs" in parts:
         for mode in ("in_place", "publish"):
             for workers in (1, 2):
                 for verify in (False, True):
@@ -487,8 +512,9 @@ def measure(bench: Bench, info: dict[str, Any]) -> None:
                     label = f"{mode.replace('_', ' ')}, {workers} worker{plural}, verify {'on' if verify else 'off'}"
                     row, _, _ = bench.cli_run(label, rows=n, mode=mode, workers=workers, verify=verify)
                     bench.rows.append(row)
+    if "per-chunk" in parts:
         per_chunk(bench)
-    if not bench.args.skip_dlt:
+    if "dlt" in parts:
         bench.dlt(source, run_id)
     if bench.args.memory:
         memory(bench)
