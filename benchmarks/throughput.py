@@ -553,8 +553,8 @@ def memory(bench: Bench) -> None:
     """Peak RSS of ``run`` at N and 5N rows: chunks stream, so the peak must not grow with the table."""
     n = bench.args.rows
     bench.build("EVENTS_5X", 5 * n)
-    small, _, _ = bench.cli_run(f"memory: {n:,} rows", rows=n)
-    big, _, _ = bench.cli_run(f"memory: {5 * n:,} rows", table="EVENTS_5X", rows=5 * n)
+    small, _, _ = bench.cli_run(f"memory: {n:,} rows, verify on", rows=n)
+    big, _, _ = bench.cli_run(f"memory: {5 * n:,} rows, verify on", table="EVENTS_5X", rows=5 * n)
     bench.rows += [small, big]
     assert small.peak_mib and big.peak_mib
     growth = big.peak_mib / small.peak_mib - 1
