@@ -306,7 +306,7 @@ class Bench:
                     copy.result["seconds"],
                     n,
                     copy.peak_mib,
-                    "copy_batches, a transaction per chunk",
+                    _encoder_note(copy.result),
                     "ceiling",
                 )
             )
@@ -388,6 +388,15 @@ class Bench:
         else:
             self.rows.append(Row(label, None, n, None, _why(child), "unavailable"))
         self.drop_schema("b_dlt_sql_table")
+
+
+def _encoder_note(result: dict[str, Any]) -> str:
+    """What the COPY ceiling ran, and whether copy_chunk constructs the same encoder."""
+    note = "copy_batches, a transaction per chunk"
+    used = result.get("copy_chunk_constructs") or []
+    if "Encoder" not in used and result["encoder"] not in used:
+        note += f"; NB copy_chunk constructs {', '.join(used) or 'no encoder by name'}"
+    return note
 
 
 def _commit() -> str:

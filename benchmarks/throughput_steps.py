@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +39,15 @@ from cm_datacopy.snowflake.scan import Scan, read_batches
 def default_encoder(columns: list[Any]) -> Any:
     """The encoder module's default (``Encoder``), the one ``copy_chunk`` is meant to use."""
     return pg_encoder.Encoder(columns)
+
+
+def encoders_copy_chunk_names() -> list[str]:
+    """The encoder classes ``copy_chunk``'s source constructs, to show if the benchmark's default is not among them."""
+    import inspect
+
+    from cm_datacopy.chunk import copy as chunk_copy
+
+    return sorted(set(re.findall(r"\b(\w*Encoder)\(", inspect.getsource(chunk_copy.copy_chunk))))
 
 
 def _plan(spec: dict[str, Any]) -> tuple[Any, Any, list[Chunk]]:
@@ -95,7 +105,7 @@ def step_copy(spec: dict[str, Any]) -> dict[str, Any]:
             conn.commit()
             seconds += time.perf_counter() - t
             rows += n
-    return {"seconds": seconds, "rows": rows, "encoder": name}
+    return {"seconds": seconds, "rows": rows, "encoder": name, "copy_chunk_constructs": encoders_copy_chunk_names()}
 
 
 def _unified(batches: list[pa.RecordBatch], names: list[str] | None = None) -> pa.Table:
