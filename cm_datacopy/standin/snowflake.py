@@ -1,7 +1,7 @@
 """A Snowflake stand-in: fakesnow in server mode, in its own process.
 
 The real ``snowflake-connector-python`` talks to it over HTTP on loopback, so the product's own
-Snowflake code path runs. Three things are always added to fakesnow here:
+Snowflake code path runs. Always added to fakesnow here:
 
 * NULL timestamps survive (fakesnow 0.12 server mode turns them into 1970-01-01); a stand-in that
   loses NULLs would hide real bugs.
@@ -12,8 +12,8 @@ Snowflake code path runs. Three things are always added to fakesnow here:
   refuse it (fakesnow accepts anything).
 * fakesnow's translation of a query (Snowflake SQL → sqlglot tree → its transforms → DuckDB SQL,
   plus the parses it does to type and describe the result) is kept per SQL text and session state
-  (see ``_TranslationCache``): it costs a quarter of a second for a long checksum query, a cost real
-  Snowflake does not have, which would otherwise dominate the per-chunk figures and slow the tests.
+  (see ``_TranslationCache``): it is most of a chunk's fixed cost otherwise (about 250 ms against
+  40 ms with a checksum, measured on a busy 2-core machine), a cost real Snowflake does not have.
   ``CM_DATACOPY_STANDIN_TRANSLATION_CACHE=0`` turns it off.
 
 Faithful mode is the default (``CM_DATACOPY_STANDIN_FAITHFUL=0``, ``faithful=False`` for
@@ -265,8 +265,8 @@ class _TranslationCache:
     fakesnow translates every statement afresh: parse (Snowflake dialect), some 75 tree transforms,
     generate DuckDB SQL; then, to type the result, parse and generate ``DESCRIBE <that SQL>``; the
     server parses the text once more for the statement type. For a checksum query (~1,300 characters)
-    that is ~0.25 s of the stand-in's CPU per chunk; real Snowflake compiles such a query in
-    milliseconds and caches plans.
+    that is ~80 ms of the stand-in's CPU on a fast core (against ~20 ms for the rest of the query), and
+    several times that on a busy machine; real Snowflake compiles such a query once and reuses it.
 
     Kept only for a plain query (a SELECT/UNION/WITH …, fakesnow marks nothing on its tree: no USE,
     SHOW, stage, RESULT_SCAN, seeded random, comment …) that fakesnow runs as one statement without
