@@ -1,14 +1,20 @@
 """A Snowflake stand-in: fakesnow in server mode, in its own process.
 
 The real ``snowflake-connector-python`` talks to it over HTTP on loopback, so the product's own
-Snowflake code path runs. Three things are always added to fakesnow here:
+Snowflake code path runs. Always added to fakesnow here:
 
 * NULL timestamps survive (fakesnow 0.12 server mode turns them into 1970-01-01); a stand-in that
   loses NULLs would hide real bugs.
-* ``CURRENT_VERSION()`` says it is the stand-in (``…-cm-datacopy-standin``): cm_datacopy picks the
-  SQL of the few functions DuckDB lacks by what the server is (``Session.dialect``).
+* ``CURRENT_VERSION()`` says it is the stand-in (``10.0.0 cm-datacopy-standin``: after a space, where
+  Snowflake documents an optional internal identifier, so clients that parse the version still can):
+  cm_datacopy picks the SQL of the few functions DuckDB lacks by what the server is (``Session.dialect``).
 * The login checks the user and password, so a wrong password is refused as Snowflake would
   refuse it (fakesnow accepts anything).
+* fakesnow's translation of a query (Snowflake SQL → sqlglot tree → its transforms → DuckDB SQL,
+  plus the parses it does to type and describe the result) is kept per SQL text and session state
+  (see ``_TranslationCache``): it is most of a chunk's fixed cost otherwise (about 250 ms against
+  40 ms with a checksum, measured on a busy 2-core machine), a cost real Snowflake does not have.
+  ``CM_DATACOPY_STANDIN_TRANSLATION_CACHE=0`` turns it off.
 
 Faithful mode is the default (``CM_DATACOPY_STANDIN_FAITHFUL=0``, ``faithful=False`` for
 :func:`start` / :func:`running`, or ``--no-faithful`` selects fakesnow's own shapes, "legacy"). It
@@ -70,6 +76,7 @@ STANDIN_ACCOUNT = "standin"
 STANDIN_VERSION_TAG = "cm-datacopy-standin"
 FAITHFUL_ENV = "CM_DATACOPY_STANDIN_FAITHFUL"
 PASSWORD_ENV = "CM_DATACOPY_STANDIN_PASSWORD"
+TRANSLATION_CACHE_ENV = "CM_DATACOPY_STANDIN_TRANSLATION_CACHE"
 
 _FALSE = {"0", "false", "no", "off", "legacy"}
 
@@ -134,9 +141,11 @@ def _patch_fakesnow(
     import fakesnow.transforms.transforms as ft
 
     if STANDIN_VERSION_TAG not in ft.SERVER_VERSION:
-        ft.SERVER_VERSION = f"{ft.SERVER_VERSION}-{STANDIN_VERSION_TAG}"
+        ft.SERVER_VERSION = f"{ft.SERVER_VERSION} {STANDIN_VERSION_TAG}"
 
     stats = _Stats()
+    if os.environ.get(TRANSLATION_CACHE_ENV, "1").strip().lower() not in _FALSE:
+        _TranslationCache(stats).install(fs)
     original_login = fs.login_request
 
     async def checked_login(request):  # type: ignore[no-untyped-def]
@@ -210,6 +219,195 @@ class _Stats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"counters": dict(self.counters), "logins": list(self.logins)}
+
+
+# --------------------------------------------------------------------------------------------
+# Translation cache
+# --------------------------------------------------------------------------------------------
+
+# (tree, its DuckDB SQL) for the one ``Expression.sql(dialect="duckdb")`` call fakesnow is about to make
+_known_sql: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.ContextVar("standin_known_sql", default=None)
+
+
+class _Lru:
+    """A small thread-safe LRU map (the server runs statements on a thread pool)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _Translated:
+    tree: Any  # fakesnow's transformed tree: read, never changed, by fakesnow after translation
+    duckdb_sql: str
+    has_placeholder: bool
+
+
+class _TranslationCache:
+    """fakesnow's per-statement translation, kept for queries whose translation depends only on their text.
+
+    fakesnow translates every statement afresh: parse (Snowflake dialect), some 75 tree transforms,
+    generate DuckDB SQL; then, to type the result, parse and generate ``DESCRIBE <that SQL>``; the
+    server parses the text once more for the statement type. For a checksum query (~1,300 characters)
+    that is ~80 ms of the stand-in's CPU on a fast core (against ~20 ms for the rest of the query), and
+    several times that on a busy machine; real Snowflake compiles such a query once and reuses it.
+
+    Kept only for a plain query (a SELECT/UNION/WITH …, fakesnow marks nothing on its tree: no USE,
+    SHOW, stage, RESULT_SCAN, seeded random, comment …) that fakesnow runs as one statement without
+    ``IDENTIFIER(…)`` (whose translation consumes bound values), keyed by the SQL text after
+    fakesnow inlines session variables and by the session's database and schema (the transforms
+    that read session state read those). DDL, DML and everything else are translated as before. A
+    hit runs fakesnow's own ``_execute`` on the kept tree, so results, errors, transactions and the
+    result cache behave as without the cache.
+    """
+
+    def __init__(self, stats: _Stats, size: int = 1024) -> None:
+        self.stats = stats
+        self.queries = _Lru(size)
+        self.describes = _Lru(size)
+        self.parses = _Lru(size)
+
+    def install(self, fs: Any) -> None:
+        import sqlglot.expressions.core as core
+        from fakesnow.cursor import FakeSnowflakeCursor
+
+        if getattr(FakeSnowflakeCursor, "_standin_translation_cache", None) is not None:
+            return
+        original_sql = core.Expression.sql
+
+        def sql(self: Any, dialect: Any = None, copy: bool = True, **opts: Any) -> str:
+            known = _known_sql.get()
+            if known is not None and known[0] is self and dialect == "duckdb" and not opts:
+                return known[1]
+            return original_sql(self, dialect, copy, **opts)
+
+        core.Expression.sql = sql
+        self._install_cursor(FakeSnowflakeCursor)
+        original_parse = fs.parse_one
+
+        def parse_one(command: str) -> Any:
+            # the server parses only to read the statement type and count placeholders: never changed
+            tree = self.parses.get(command)
+            if tree is None:
+                tree = original_parse(command)
+                self.parses.put(command, tree)
+            return tree
+
+        fs.parse_one = parse_one
+
+    def _install_cursor(self, cursor_class: Any) -> None:
+        import snowflake.connector.errors
+        import sqlglot
+        from sqlglot import exp
+
+        cache = self
+        original_execute = cursor_class.execute
+        original_transform = cursor_class._transform
+        recording: contextvars.ContextVar[list[tuple[bool, Any]] | None] = contextvars.ContextVar(
+            "standin_translation", default=None
+        )
+
+        def transform(self: Any, expression: Any, params: Any) -> Any:
+            query = isinstance(expression, exp.Query)
+            transformed = original_transform(self, expression, params)
+            calls = recording.get()
+            if calls is not None:
+                calls.append((query, transformed))
+            return transformed
+
+        def execute(self: Any, command: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+            key = cache._key(self, command, params, args, kwargs)
+            if key is None:
+                return original_execute(self, command, params, *args, **kwargs)
+            hit = cache.queries.get(key)
+            if hit is None:
+                cache.stats.bump("translations")
+                calls: list[tuple[bool, Any]] = []
+                token = recording.set(calls)
+                try:
+                    result = original_execute(self, command, params, *args, **kwargs)
+                finally:
+                    recording.reset(token)
+                if len(calls) == 1 and calls[0][0]:
+                    tree = calls[0][1]
+                    if isinstance(tree, exp.Query) and set(tree.args) <= set(type(tree).arg_types):
+                        cache.queries.put(
+                            key, _Translated(tree, tree.sql(dialect="duckdb"), tree.find(exp.Placeholder) is not None)
+                        )
+                return result
+            cache.stats.bump("translations_reused")
+            bound = kwargs["binding_params"] if kwargs.get("binding_params") else params
+            if not isinstance(bound, (list, dict)) and bound is not None:
+                bound = list(bound)
+            self._sqlstate = None
+            token = _known_sql.set((hit.tree, hit.duckdb_sql))
+            try:
+                self._execute(hit.tree, bound if hit.has_placeholder else None)
+            except snowflake.connector.errors.ProgrammingError as e:
+                self._sqlstate = e.sqlstate
+                raise
+            finally:
+                _known_sql.reset(token)
+            return self
+
+        def describe_last_sql(self: Any) -> list:
+            text = f"DESCRIBE {self._last_sql}"
+            known = cache.describes.get(text)
+            if known is None:
+                tree = sqlglot.parse_one(text, read="duckdb")
+                known = (tree, tree.sql(dialect="duckdb"))
+                cache.describes.put(text, known)
+            with self._conn.cursor() as cur:
+                token = _known_sql.set(known)
+                try:
+                    cur._execute(known[0], self._last_params)
+                finally:
+                    _known_sql.reset(token)
+                return cur.fetchall()
+
+        cursor_class._transform = transform
+        cursor_class.execute = execute
+        cursor_class._describe_last_sql = describe_last_sql
+        cursor_class._standin_translation_cache = self
+
+    @staticmethod
+    def _key(cur: Any, command: str, params: Any, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
+        """The statement's cache key, or None when its translation may depend on more than the key."""
+        if args or set(kwargs) - {"binding_params", "server"} or "identifier" in command.lower():
+            return None
+        if os.environ.get("FAKESNOW_DEBUG"):
+            return None
+        conn = cur._conn
+        if conn.nop_regexes:
+            return None
+        if params and not kwargs.get("binding_params") and conn._paramstyle in ("pyformat", "format"):
+            return None  # fakesnow formats the values into the text
+        head = command.lstrip()[:16].lower()
+        if not (head.startswith(("select", "with", "(")) or head.startswith("/*")):
+            return None
+        return (
+            conn.variables.inline_variables(command),
+            conn.database,
+            conn.schema,
+            conn.database_set,
+            conn.schema_set,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +578,7 @@ class _LtzColumns:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tables: dict[str, set[str]] = {}
+        self._shapes = _Lru(1024)  # per SQL text: parsing a long query costs tens of milliseconds
 
     @staticmethod
     def _parse(sql: str) -> Any:
@@ -414,22 +613,32 @@ class _LtzColumns:
 
     def for_query(self, sql: str) -> tuple[set[str], str]:
         """(names of the result's LTZ columns, the one table the query reads or "")."""
+        shape = self._shapes.get(sql)
+        if shape is None:
+            shape = self._shape(sql)
+            self._shapes.put(sql, shape)
+        single, cast_ltz = shape
+        found = set(cast_ltz)
+        if single:
+            with self._lock:
+                found |= self._tables.get(single, set())
+        return found, single
+
+    def _shape(self, sql: str) -> tuple[str, frozenset[str]]:
+        """What the text alone says: the one table it reads ("" if not one) and its projections cast to LTZ."""
         from sqlglot import exp
 
         tree = self._parse(sql)
         if not isinstance(tree, exp.Query):
-            return set(), ""
-        found: set[str] = set()
+            return "", frozenset()
         tables = {t.name.upper() for t in tree.find_all(exp.Table)}
         single = next(iter(tables)) if len(tables) == 1 else ""
-        if single:
-            with self._lock:
-                found |= self._tables.get(single, set())
+        cast_ltz = set()
         for projection in getattr(tree, "selects", []):
             inner = projection.unalias()
             if isinstance(inner, (exp.Cast, exp.TryCast)) and inner.to.this == exp.DataType.Type.TIMESTAMPLTZ:
-                found.add(projection.alias_or_name.upper())
-        return found, single
+                cast_ltz.add(projection.alias_or_name.upper())
+        return single, frozenset(cast_ltz)
 
 
 @dataclass
