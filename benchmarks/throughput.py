@@ -10,7 +10,8 @@ own peak RSS:
 
 * read ceiling: the run's chunk ranges read as Arrow by ``snowflake.scan.read_batches``, nothing written;
 * raw writes: the same batches into PostgreSQL by ADBC and by our COPY path (``copy_batches`` with the
-  encoder module's default ``Encoder``); serial ceiling = rows / (read + the faster write);
+  encoder ``copy_chunk`` chooses, ``encoder_for``: binary COPY by pgpq, or CSV); serial ceiling =
+  rows / (read + the faster write);
 * ``cm-datacopy run`` (the real CLI in a child process, wall time): verification off/on, in place and
   publish, 1 and 2 workers, 100,000-row chunks; 2,000- against 100,000-row chunks on a 200,000-row
   slice, whose difference divided by the extra chunks is the fixed cost of one chunk;
@@ -308,7 +309,7 @@ class Bench:
                     copy.result["seconds"],
                     n,
                     copy.peak_mib,
-                    _encoder_note(copy.result),
+                    "copy_batches with encoder_for (as copy_chunk), a transaction per chunk",
                     "ceiling",
                 )
             )
@@ -390,15 +391,6 @@ class Bench:
         else:
             self.rows.append(Row(label, None, n, None, _why(child), "unavailable"))
         self.drop_schema("b_dlt_sql_table")
-
-
-def _encoder_note(result: dict[str, Any]) -> str:
-    """What the COPY ceiling ran, and whether copy_chunk constructs the same encoder."""
-    note = "copy_batches, a transaction per chunk"
-    used = result.get("copy_chunk_constructs") or []
-    if "Encoder" not in used and result["encoder"] not in used:
-        note += f"; NB copy_chunk constructs {', '.join(used) or 'no encoder by name'}"
-    return note
 
 
 def _commit() -> str:

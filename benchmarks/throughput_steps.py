@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import sys
 import time
 from collections.abc import Iterator
@@ -34,20 +33,6 @@ from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.ranges import Chunk
 from cm_datacopy.snowflake import session as sf_session
 from cm_datacopy.snowflake.scan import Scan, read_batches
-
-
-def default_encoder(columns: list[Any]) -> Any:
-    """The encoder module's default (``Encoder``), the one ``copy_chunk`` is meant to use."""
-    return pg_encoder.Encoder(columns)
-
-
-def encoders_copy_chunk_names() -> list[str]:
-    """The encoder classes ``copy_chunk``'s source constructs, to show if the benchmark's default is not among them."""
-    import inspect
-
-    from cm_datacopy.chunk import copy as chunk_copy
-
-    return sorted(set(re.findall(r"\b(\w*Encoder)\(", inspect.getsource(chunk_copy.copy_chunk))))
 
 
 def _plan(spec: dict[str, Any]) -> tuple[Any, Any, list[Chunk]]:
@@ -97,15 +82,15 @@ def step_copy(spec: dict[str, Any]) -> dict[str, Any]:
     name = ""
     with psycopg.connect(**spec["pg"]) as conn:
         for batches in _saved_chunks(spec, len(chunks)):
-            encoder = default_encoder(entry.columns)
-            name = type(encoder).__name__
             t = time.perf_counter()
             with conn.cursor() as cur:
+                encoder = pg_encoder.encoder_for(cur, target, entry.columns)  # what copy_chunk chooses
+                name = type(encoder).__name__
                 n, _ = pg_encoder.copy_batches(cur, target, encoder, batches)
             conn.commit()
             seconds += time.perf_counter() - t
             rows += n
-    return {"seconds": seconds, "rows": rows, "encoder": name, "copy_chunk_constructs": encoders_copy_chunk_names()}
+    return {"seconds": seconds, "rows": rows, "encoder": name}
 
 
 def _unified(batches: list[pa.RecordBatch], names: list[str] | None = None) -> pa.Table:
