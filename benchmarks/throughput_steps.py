@@ -145,12 +145,7 @@ def step_dlt_arrow(spec: dict[str, Any]) -> dict[str, Any]:
                 batches = list(read_batches(session, Scan(entry.source_table, None, chunk), entry.columns))
                 yield _unified(batches, [c.target_name for c in entry.columns])
 
-    pipeline = dlt.pipeline(
-        pipeline_name=spec["pipeline"],
-        destination=_dlt_destination(spec),
-        dataset_name=spec["target_schema"],
-        pipelines_dir=spec["pipelines_dir"],
-    )
+    pipeline = _dlt_pipeline(spec)
     t = time.perf_counter()
     info = pipeline.run(events(), loader_file_format=spec["loader_file_format"])
     seconds = time.perf_counter() - t
@@ -158,9 +153,20 @@ def step_dlt_arrow(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "rows": _pg_count(spec), "loader_file_format": spec["loader_file_format"]}
 
 
+def _dlt_pipeline(spec: dict[str, Any]) -> Any:
+    """A dlt pipeline into the benchmark's PostgreSQL schema, its state kept in the run's directory."""
+    import dlt
+
+    return dlt.pipeline(
+        pipeline_name=spec["pipeline"],
+        destination=_dlt_destination(spec),
+        dataset_name=spec["target_schema"],
+        pipelines_dir=spec["pipelines_dir"],
+    )
+
+
 def step_dlt_sql_table(spec: dict[str, Any]) -> dict[str, Any]:
     """dlt's ``sql_table(backend="pyarrow")`` over snowflake-sqlalchemy: the whole table, as a dlt user reads it."""
-    import dlt
     import sqlalchemy
     from dlt.sources.sql_database import sql_table
 
@@ -185,12 +191,7 @@ def step_dlt_sql_table(spec: dict[str, Any]) -> dict[str, Any]:
         backend="pyarrow",
         chunk_size=spec["chunk_size"],
     )
-    pipeline = dlt.pipeline(
-        pipeline_name=spec["pipeline"],
-        destination=_dlt_destination(spec),
-        dataset_name=spec["target_schema"],
-        pipelines_dir=spec["pipelines_dir"],
-    )
+    pipeline = _dlt_pipeline(spec)
     t = time.perf_counter()
     info = pipeline.run(source, table_name=spec["target_table"], loader_file_format=spec["loader_file_format"])
     seconds = time.perf_counter() - t
