@@ -87,7 +87,8 @@ def _stop_inside_copy(proc: subprocess.Popen[str], pg_db: dict[str, Any], timeou
         while time.monotonic() < deadline and proc.poll() is None:
             copying = watcher.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND backend_xid IS NOT NULL AND query ILIKE 'COPY%%' AND state = 'active'"
+                "AND backend_xid IS NOT NULL AND query ILIKE 'COPY%%' AND state = 'active' "
+                "AND query NOT ILIKE '%%cm_datacopy_selftest%%'"  # a chunk's COPY, not the run-start self-test's
             ).fetchall()
             if copying:
                 proc.send_signal(signal.SIGSTOP)

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from cm_datacopy import checksum
+from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.run import resume, selftest
 from cm_datacopy.snowflake import session as sf_session
 from cm_datacopy.typeplan import ColumnPlan, map_type
@@ -77,7 +78,7 @@ def _written(pg: dict) -> list[tuple[str]]:
 def test_every_supported_type_passes(snowflake_server, source):
     cfg, pg = source
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
-        selftest.check(sf, conn, _columns(), "migration_status")
+        selftest.check(sf, conn, _columns(), Ledger())
         assert not conn.info.transaction_status  # idle: nothing left open, nothing written
 
 
@@ -164,7 +165,7 @@ def test_a_value_the_binary_encoder_refuses_is_named(snowflake_server, source, m
         psycopg.connect(**pg) as conn,
         pytest.raises(selftest.SelfTestError) as refused,
     ):
-        selftest.check(sf, conn, decimals, "migration_status")
+        selftest.check(sf, conn, decimals, Ledger())
         assert not conn.info.transaction_status
     message = str(refused.value)
     assert "NUMBER(18,4) (PostgreSQL numeric(18,4)), value '99999999999999.9999'" in message
@@ -184,7 +185,7 @@ def test_each_type_goes_through_the_encoder_the_copy_chooses(snowflake_server, s
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS citext")
         conn.commit()
-        selftest.check(sf, conn, columns, "migration_status")
+        selftest.check(sf, conn, columns, Ledger())
         assert not conn.info.transaction_status
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'cm_datacopy_selftest%'").fetchone() == (
             0,
@@ -205,7 +206,7 @@ def test_a_type_postgresql_lacks_is_named_without_a_value(snowflake_server, sour
         psycopg.connect(**pg) as conn,
         pytest.raises(selftest.SelfTestError) as refused,
     ):
-        selftest.check(sf, conn, columns, "migration_status")
+        selftest.check(sf, conn, columns, Ledger())
     message = str(refused.value)
     assert "VARCHAR(16777216) (PostgreSQL citext): the values Snowflake delivers cannot be copied (csv COPY)" in message
     assert 'type "citext" does not exist' in message
@@ -217,4 +218,4 @@ def test_wide_decimals_pass(snowflake_server, source):
     cfg, pg = source
     wide = [ColumnPlan(f"C{i}", f"c{i}", f"NUMBER(38,{s})", f"numeric(38,{s})", True) for i, s in enumerate((1, 6, 18))]
     with sf_session.connect(cfg.snowflake) as sf, psycopg.connect(**pg) as conn:
-        selftest.check(sf, conn, wide, "migration_status")
+        selftest.check(sf, conn, wide, Ledger())

@@ -399,6 +399,16 @@ class Ledger:
             raise self._conflict(foreign)
         return exists
 
+    def scratch_schema(self, cur: psycopg.Cursor[Any]) -> str:
+        """The ledger schema, for scratch tables of a transaction that will roll back (the self-test).
+
+        Created in that transaction if absent, under the lock ``ensure`` takes: a run of another
+        source creating the ledger at the same moment waits, instead of one of the two failing.
+        """
+        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self.lock_key("ledger-ddl"),))
+        create_schema_if_absent(cur, self.schema)
+        return self.schema
+
     def ensure(self, conn: psycopg.Connection[Any]) -> None:
         """Create or upgrade the ledger; idempotent and safe when many workers start at once."""
         with conn.transaction(), conn.cursor() as cur:

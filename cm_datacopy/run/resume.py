@@ -79,7 +79,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
         run_id = decision.run.run_id
         resumed = ledger.table_entries(pg, run_id)
         with sf_session.connect(cfg.snowflake, f"cm_datacopy source={cfg.name} run={run_id} step=selftest") as sf:
-            selftest.check(sf, pg, [col for entry in resumed for col in entry.columns], ledger.schema)
+            selftest.check(sf, pg, [col for entry in resumed for col in entry.columns], ledger)
         count = ledger.mark_resumed(pg, run_id)
         publish.ensure_shadows(pg, resumed, ledger)
         return RunStart(run_id, True, count, f"{decision.reason} (resume #{count})")
@@ -90,7 +90,7 @@ def start_or_resume(cfg: SourceConfig, pg: psycopg.Connection[Any], *, no_resume
             snapshot_time(sf, [table_ref(cfg.snowflake, t) for t in cfg.tables]) if cfg.snowflake.time_travel else None
         )
         plans = plan_tables(cfg, sf, pg, snapshot_at, profile_columns=cfg.nul_bytes == "fail", blocking_only=True)
-        selftest.check(sf, pg, [col for plan in plans for col in plan.columns], ledger.schema)
+        selftest.check(sf, pg, [col for plan in plans for col in plan.columns], ledger)
     ledger.ensure(pg)
     for plan in plans:
         target.ensure_table(

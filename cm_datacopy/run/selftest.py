@@ -39,6 +39,7 @@ from psycopg import sql
 from cm_datacopy import checksum
 from cm_datacopy.errors import DatacopyError, PlanError
 from cm_datacopy.postgres.encoder import choose_encoder, copy_batches
+from cm_datacopy.postgres.ledger import Ledger
 from cm_datacopy.snowflake.scan import arrow_batches, select_expr
 from cm_datacopy.snowflake.session import Session, is_retryable_error
 from cm_datacopy.snowflake.sql import sf_ident
@@ -224,23 +225,20 @@ _REFUSALS = (psycopg.DataError, psycopg.ProgrammingError, DatacopyError, ValueEr
 
 
 def _postgres_side(
-    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], schema: str
+    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], ledger: Ledger
 ) -> list[tuple[str, int]]:
     """COPY the values as a chunk's rows go, then read PostgreSQL's canonical text and hash of each, in order.
 
     The encoder is the one the copy chooses for the type (binary, or CSV where it has no binary form);
-    the table is a scratch one of the planned type in ``schema``, in a transaction rolled back: nothing
+    the table is a scratch one of the planned type in the ledger schema, in a transaction rolled back: nothing
     is written. Its name holds the process id, so two runs starting at once never wait on each other.
     """
     encoder = choose_encoder([_ORDINAL, probe.column])
     log.debug("checksum self-test of %s: COPY in %s format", probe.label, encoder.format)
-    table = sql.Identifier(schema, f"cm_datacopy_selftest_{os.getpid()}")
     value = sql.Identifier(probe.column.target_name)
     cell = checksum.postgres_cell(probe.column, value)
     with pg.transaction() as tx, pg.cursor() as cur:
-        cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,))
-        if not cur.fetchone()[0]:  # type: ignore[index]
-            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        table = sql.Identifier(ledger.scratch_schema(cur), f"cm_datacopy_selftest_{os.getpid()}")
         cur.execute(
             sql.SQL("CREATE TABLE {} ({} bigint, {} {})").format(
                 table, sql.Identifier(_ORDINAL.target_name), value, sql.SQL(probe.column.pg_type)
@@ -263,26 +261,26 @@ def _copy_format(probe: _Probe) -> str:
 
 
 def _refused_value(
-    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], schema: str
+    pg: psycopg.Connection[Any], probe: _Probe, batches: list[pa.RecordBatch], ledger: Ledger
 ) -> int | None:
     """The ordinal of the first value the COPY refuses on its own (None: the type itself, or only together)."""
     try:
-        _postgres_side(pg, probe, [], schema)  # no value at all: is it the type (one PostgreSQL lacks, say)?
+        _postgres_side(pg, probe, [], ledger)  # no value at all: is it the type (one PostgreSQL lacks, say)?
     except _REFUSALS:
         return None
     for batch in batches:
         for r in range(batch.num_rows):
             try:
-                _postgres_side(pg, probe, [batch.slice(r, 1)], schema)
+                _postgres_side(pg, probe, [batch.slice(r, 1)], ledger)
             except _REFUSALS:
                 return int(batch.column(0)[r].as_py())
     return None
 
 
-def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan], schema: str) -> None:
+def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPlan], ledger: Ledger) -> None:
     """Stop the run (``SelfTestError``) if the databases write any planned type's edge values differently.
 
-    ``schema``: where the scratch tables go (the ledger schema). A missing privilege there is no
+    ``ledger``: its schema holds the scratch tables. A missing privilege there is no
     finding of the self-test: it propagates, as the run would meet it next.
     """
     probes = _probes(columns, session.dialect)
@@ -298,11 +296,11 @@ def check(session: Session, pg: psycopg.Connection[Any], columns: list[ColumnPla
     for probe, delivered in zip(probes, snowflake, strict=True):
         literals = [*probe.values, *[None] * (len(delivered.rendered) - len(probe.values))]
         try:
-            theirs = _postgres_side(pg, probe, delivered.batches, schema)
+            theirs = _postgres_side(pg, probe, delivered.batches, ledger)
         except psycopg.errors.InsufficientPrivilege:
             raise
         except _REFUSALS as exc:
-            where = _refused_value(pg, probe, delivered.batches, schema)
+            where = _refused_value(pg, probe, delivered.batches, ledger)
             shown = "" if where is None else f", value {_shown(literals[where])}"
             problems.append(
                 f"{probe.label}{shown}: the values Snowflake delivers cannot be copied "
