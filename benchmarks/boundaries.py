@@ -20,13 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from cm_datacopy.config import SnowflakeConfig
 from cm_datacopy.snowflake import boundaries
 from cm_datacopy.snowflake.scan import Scan
-from cm_datacopy.snowflake.session import Session
 from cm_datacopy.snowflake.sql import sf_ident
 from cm_datacopy.standin import snowflake as standin
-from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, new_sf_database, sf_connect
+from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, new_sf_database, sf_session
 
 # i = seq8(); a multiplicative hash scatters the keys so that neither table is stored in key order
 _HASH = "(seq8() * 2654435761)"
@@ -58,19 +56,9 @@ def main() -> None:
     lines = []
     with standin.running(password, work) as sf:
         db = new_sf_database(sf, "BOUNDS")
-        raw = sf_connect(sf, db)
+        session = sf_session(sf, db)
+        raw = session.conn
         try:
-            raw.cursor().execute(f"USE SCHEMA {sf_ident(db)}.{sf_ident('PUBLIC')}")
-            cfg = SnowflakeConfig(
-                account=sf.account,
-                user=sf.user,
-                password_env=SNOWFLAKE_PASSWORD_ENV,
-                database=db,
-                host=sf.host,
-                port=sf.port,
-                protocol="http",
-            )
-            session = Session(raw, cfg)
             for name, key_sql in DISTRIBUTIONS.items():
                 ref = ".".join(sf_ident(p) for p in (db, "PUBLIC", name.upper()))
                 t = time.perf_counter()

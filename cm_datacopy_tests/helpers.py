@@ -57,6 +57,25 @@ def sf_connect(sf: StandinSnowflake, database: str | None = None) -> Any:
     return snowflake.connector.connect(**sf.connect_kwargs(**extra))
 
 
+def sf_session(sf: StandinSnowflake, database: str) -> Any:
+    """Our ``Session`` over a plain connection to the stand-in, in ``database``.PUBLIC (close ``.conn``)."""
+    from cm_datacopy.config import SnowflakeConfig
+    from cm_datacopy.snowflake.session import Session
+
+    raw = sf_connect(sf, database)
+    raw.cursor().execute(f"USE SCHEMA {sf_ident(database)}.{sf_ident('PUBLIC')}")
+    cfg = SnowflakeConfig(
+        account=sf.account,
+        user=sf.user,
+        password_env=SNOWFLAKE_PASSWORD_ENV,
+        database=database,
+        host=sf.host,
+        port=sf.port,
+        protocol="http",
+    )
+    return Session(raw, cfg)
+
+
 def new_sf_database(sf: StandinSnowflake, prefix: str = "T") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:8].upper()}"
     with contextlib.closing(sf_connect(sf)) as conn:

@@ -19,13 +19,12 @@ from typing import Any
 
 import pytest
 
-from cm_datacopy.config import SnowflakeConfig
 from cm_datacopy.ranges import Chunk, decode_bound, encode_bound, plan_chunks
 from cm_datacopy.snowflake import boundaries as B
 from cm_datacopy.snowflake.scan import Scan, range_where
 from cm_datacopy.snowflake.session import Session
 from cm_datacopy.snowflake.sql import sf_ident
-from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, new_sf_database, sf_connect
+from cm_datacopy_tests.helpers import new_sf_database, sf_session
 
 PY_TYPES = {
     "int": int,
@@ -40,18 +39,8 @@ PY_TYPES = {
 @pytest.fixture(scope="module")
 def conn(snowflake_server) -> Any:
     db = new_sf_database(snowflake_server, "B")
-    raw = sf_connect(snowflake_server, db)
-    raw.cursor().execute(f"USE SCHEMA {sf_ident(db)}.{sf_ident('PUBLIC')}")
-    cfg = SnowflakeConfig(
-        account=snowflake_server.account,
-        user=snowflake_server.user,
-        password_env=SNOWFLAKE_PASSWORD_ENV,
-        database=db,
-        host=snowflake_server.host,
-        port=snowflake_server.port,
-        protocol="http",
-    )
-    session = Session(raw, cfg)
+    session = sf_session(snowflake_server, db)
+    raw = session.conn
     session.test_db = db  # type: ignore[attr-defined]
     try:
         yield session
