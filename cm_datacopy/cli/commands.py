@@ -495,5 +495,24 @@ def ui(workdir: str, rows: int, host: str, port: int) -> None:
     sys.exit(run_ui(workdir, rows, host, port, console))
 
 
+@main.command(
+    "dagster-daemon",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dagster_daemon(args: tuple[str, ...]) -> None:
+    """dagster-daemon (same arguments) whose backfill loop wakes every second, not every 30 s.
+
+    Run it where you would run `dagster-daemon run`; CM_DATACOPY_BACKFILL_LOOP_SECONDS sets the interval.
+    """
+    try:
+        from cm_datacopy.dagster_defs.daemon import main as daemon_main
+    except ModuleNotFoundError as exc:  # a core install: no [dagster] extra
+        if not (exc.name or "").startswith("dagster"):
+            raise
+        raise ConfigError(str(exc)) from None
+    daemon_main(list(args))
+
+
 if __name__ == "__main__":
     main()

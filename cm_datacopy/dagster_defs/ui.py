@@ -2,9 +2,10 @@
 
 Starts the same stand-ins as ``cm-datacopy demo`` (fakesnow with the sample tables, an embedded
 PostgreSQL unless ``CM_DATACOPY_DEMO_POSTGRES`` is set), keeps Dagster's storage in that PostgreSQL
-(schema ``dagster``), plans both sources so their chunks are already partitions, then runs
-``dagster dev`` (webserver + daemon) until Ctrl-C. ``ui_setup`` is everything before ``dagster dev``;
-the test that retakes the documentation's screenshots starts from it too.
+(schema ``dagster``), plans both sources so their chunks are already partitions, then runs the
+Dagster webserver and ``cm-datacopy dagster-daemon`` (a backfill starts within a second, not 30 s)
+until Ctrl-C. ``ui_setup`` is everything before that; the test that retakes the documentation's
+screenshots starts from it too.
 """
 
 from __future__ import annotations
@@ -60,44 +61,63 @@ def ui_setup(work: Path, rows: int, console: Console) -> Iterator[UiSetup]:
 def run_ui(workdir: str, rows: int, host: str, port: int, console: Console) -> int:
     with ui_setup(Path(workdir).resolve(), rows, console) as setup:
         console.print(
-            f"[bold]5.[/bold] dagster dev on http://{host}:{port}: open [bold]Jobs → copy_analytics → Launch "
+            f"[bold]5.[/bold] Dagster on http://{host}:{port}: open [bold]Jobs → copy_analytics → Launch "
             "run[/bold] to copy a whole source, or [bold]Catalog[/bold] → an asset → [bold]Materialize[/bold] to "
             "backfill its chunks. Ctrl-C stops everything."
         )
-        # `timeout`, systemd and docker stop with SIGTERM: stop dagster dev as on Ctrl-C.
+        # `timeout`, systemd and docker stop with SIGTERM: stop Dagster as on Ctrl-C.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "cm_datacopy.definitions", "-h", host, "-p", str(port)],
-            env={**os.environ, **setup.env},
-            start_new_session=True,
-        )
+        env = {**os.environ, **setup.env}
+        location = ["-m", "cm_datacopy.definitions"]
+        # Each leads a process group of its own (new sessions: Ctrl-C in this terminal does not reach them
+        # half-way through a write), which holds what it starts: code servers, run workers.
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            return proc.wait()
+            for argv in (
+                ["dagster_webserver", *location, "-h", host, "-p", str(port)],
+                ["cm_datacopy.dagster_defs.daemon", "run", *location],
+            ):
+                procs.append(subprocess.Popen([sys.executable, "-m", *argv], env=env, start_new_session=True))
+            while all(proc.poll() is None for proc in procs):
+                time.sleep(0.5)
+            console.print("[red]error:[/red] the Dagster webserver or daemon stopped; see its output above")
+            return 1
         except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGINT)
             return 130
         except Exception as exc:  # keep secrets out of whatever reaches the terminal
             console.print(f"[red]error:[/red] {redact(str(exc))}")
             return 1
         finally:
-            _end_group(proc)
+            _end_groups(procs)
     return 1
 
 
-def _end_group(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """Wait for ``dagster dev``, then end what it started (its process group): its children (code
-    servers, run workers) exit after it, and a code server can even stay behind for good."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout)
+def _end_groups(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """Stop the webserver and the daemon as Ctrl-C in their own terminal would, wait for them, then end
+    what they started (their process groups): their children (code servers, run workers) exit after
+    them, and a code server can even stay behind for good."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        alive = [proc.pid for proc in procs if _group_alive(proc.pid)]
+        if not alive:
             return
+        for group in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and any(_group_alive(group) for group in alive):
             time.sleep(0.2)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True

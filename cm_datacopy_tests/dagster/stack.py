@@ -9,8 +9,9 @@ it. ``stop`` runs on every exit of the ``with`` block, a failing test's included
 Waits poll a condition until a deadline the caller sizes to the work (``wait``); a process of the
 stack that dies meanwhile ends the wait at once with its log's tail.
 
-The daemon's backfill loop runs every 30 s (fixed in Dagster 1.13); ``fast_daemon`` runs the daemon
-through ``fast_daemon.py``, which shortens it, so a test waits for work, not for a timer.
+The daemon is the one cm_datacopy ships (``cm-datacopy dagster-daemon``: its backfill loop wakes every
+second, so a test waits for work, not for a timer); ``fast_daemon=False`` starts ``dagster-daemon`` as
+Dagster ships it (a 30 s backfill loop).
 """
 
 from __future__ import annotations
@@ -125,10 +126,13 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 class DagsterStack:
-    def __init__(self, workdir: Path, env: dict[str, str], *, fast_daemon: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str], *, fast_daemon: bool = True, port: int | None = None
+    ) -> None:
+        """``port``: a webserver someone else started there (its GraphQL only; this stack starts nothing)."""
         self.workdir = workdir
         self.env = {**os.environ, **env}
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.fast_daemon = fast_daemon
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -155,7 +159,7 @@ class DagsterStack:
         if "daemon" in self.procs:
             return
         if self.fast_daemon:
-            argv = [sys.executable, "-m", "cm_datacopy_tests.dagster.fast_daemon", "run", "-w", "workspace.yaml"]
+            argv = [sys.executable, "-m", "cm_datacopy.dagster_defs.daemon", "run", "-w", "workspace.yaml"]
         else:
             argv = [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"]
         self._start("daemon", argv)
