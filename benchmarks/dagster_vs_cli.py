@@ -5,17 +5,22 @@ backfill from Dagster, and Dagster's ``copy_<source>`` job.
                                                   [--repeat 2] [--stock-daemon]
 
 Dagster runs as the end-to-end test starts it, as deployed: a real ``dagster-webserver`` and
-``dagster-daemon`` already up (with ``--stock-daemon``, the daemon as shipped, whose backfill loop
-wakes every 30 s; otherwise every 2 s, as in the tests), storage in PostgreSQL. The job is one
-"Launch run" of ``copy_<source>``; the backfill is what a user does in the UI: launch
-``plan_<source>``, then "Materialize" → all partitions → "Launch backfill". Each way copies the
-same Snowflake table (the stand-in) into a PostgreSQL database of its own; the rounds alternate the
-ways, and the best round of each is shown (a shared machine disturbs some rounds).
+``cm-datacopy dagster-daemon`` (backfill loop every second) already up (with ``--stock-daemon``,
+``dagster-daemon`` as Dagster ships it, whose backfill loop wakes every 30 s), storage in
+PostgreSQL. The job is one "Launch run" of ``copy_<source>``; the backfill is what a user does in
+the UI: launch ``plan_<source>``, then "Materialize" → all partitions → "Launch backfill". It is
+shown twice: the backfill alone (from "Launch backfill": what a user waits for once the chunks are
+partitions, after ``cm-datacopy ui`` started or a ``copy_<source>`` stopped) and with the plan run
+before it. Each way copies the same Snowflake table (the stand-in) into a PostgreSQL database of its
+own; the rounds alternate the ways, and the best round of each is shown (a shared machine disturbs
+some rounds).
 
 Figures: end to end (from the command or the first click until the CLI exits, the job's run has
-ended, or the UI shows every partition of the backfill materialized) and the copy phase (the first chunk's start to the
-last chunk's end, from the ledger), as rows/s, and each Dagster figure as a ratio of the CLI's.
-Uses the PostgreSQL at CM_DATACOPY_TEST_POSTGRES (default 127.0.0.1:5432).
+ended, or the UI shows every partition of the backfill materialized) and the copy phase (the first
+chunk's start to the last chunk's end, from the ledger), as rows/s, and each Dagster figure as a
+ratio of the CLI's; where each backfill spent its time, from Dagster's run records (on stderr); and
+what the idle webserver and daemon cost in CPU. Uses the PostgreSQL at CM_DATACOPY_TEST_POSTGRES
+(default 127.0.0.1:5432).
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ import yaml
 from cm_datacopy.config import CONFIG_ENV
 from cm_datacopy.dagster_defs.instance import prepare_home
 from cm_datacopy.standin import snowflake as standin
-from cm_datacopy_tests.dagster.stack import DagsterStack
+from cm_datacopy_tests.dagster.stack import DagsterStack, group_members
 from cm_datacopy_tests.helpers import (
     SNOWFLAKE_PASSWORD_ENV,
     fresh_pg_database,
@@ -97,17 +101,17 @@ class _Watch:
         self.conn.close()
 
 
-def _timed(what: Callable[[], None]) -> float:
-    t = time.perf_counter()
-    what()
-    return time.perf_counter() - t
-
-
 WAYS = {
     "cli": "cm-datacopy run",
     "job": "Dagster: copy_<source> job",
-    "backfill": "Dagster: plan_<source>, then a backfill",
+    "backfill": "Dagster: backfill (chunks planned before)",
+    "plan+backfill": "Dagster: plan_<source>, then a backfill",
 }
+
+
+def _source(way: str, round: int) -> str:
+    """The source (and target database) a way copies in a round: a name a source can have."""
+    return f"{way.replace('+', '_')}{round}"
 
 
 def main() -> None:
@@ -129,7 +133,8 @@ def main() -> None:
         "mode": "in_place",
     }
     # One source (and target database) per way and round, all reading the same Snowflake table.
-    names = ["warmup", *(f"{way}{r}" for r in range(args.repeat) for way in WAYS)]
+    measured = ("cli", "job", "plan+backfill")  # the backfill alone is a part of plan+backfill
+    names = ["warmup", *(_source(way, r) for r in range(args.repeat) for way in measured)]
     results: dict[str, list[tuple[float, float, int, int]]] = {way: [] for way in WAYS}
     with contextlib.ExitStack() as stack:
         sf = stack.enter_context(standin.running(os.environ[SNOWFLAKE_PASSWORD_ENV], work))
@@ -147,37 +152,61 @@ def main() -> None:
         dagster.start_webserver(lambda: len(dagster.graphql("{ assetNodes { id } }")["assetNodes"]) == 2 * len(names))
         dagster.start_daemon()
         dagster.wait_run(dagster.launch_job("plan_warmup"), 600)
+        idle = _idle_cpu(dagster, seconds=10)
 
         for r in range(args.repeat):
-            cli = [sys.executable, "-m", "cm_datacopy.cli", "--config", str(config), "run", f"cli{r}"]
+            cli = [sys.executable, "-m", "cm_datacopy.cli", "--config", str(config), "run", _source("cli", r)]
             measures = {
-                "cli": lambda cli=cli: subprocess.run(cli, check=True, capture_output=True),
-                "job": partial(_job, dagster, f"job{r}", targets[f"job{r}"]),
-                "backfill": partial(_backfill, dagster, f"backfill{r}", targets[f"backfill{r}"]),
+                "cli": partial(_cli, cli),
+                "job": partial(_job, dagster, _source("job", r), targets[_source("job", r)]),
+                "plan+backfill": partial(
+                    _backfill, dagster, _source("plan+backfill", r), targets[_source("plan+backfill", r)]
+                ),
             }
             for way, measure in measures.items():
-                seconds = _timed(measure)
-                chunks, _, rows, phase = _ledger(targets[f"{way}{r}"], f"{way}{r}")
-                results[way].append((seconds, phase, rows, chunks))
-                print(f"round {r + 1}: {WAYS[way]}: {seconds:.1f} s, copy phase {phase:.1f} s", file=sys.stderr)
+                started = time.perf_counter()
+                parts = measure()
+                seconds = time.perf_counter() - started
+                chunks, _, rows, phase = _ledger(targets[_source(way, r)], _source(way, r))
+                for name, figure in {way: seconds, **parts}.items():
+                    results[name].append((figure, phase, rows, chunks))
+                    print(f"round {r + 1}: {WAYS[name]}: {figure:.1f} s, copy phase {phase:.1f} s", file=sys.stderr)
 
     shutil.rmtree(work, ignore_errors=True)
-    _report(args, results)
+    _report(args, results, idle)
 
 
-def _job(dagster: DagsterStack, source: str, target: dict[str, Any]) -> None:
+def _cli(argv: list[str]) -> dict[str, float]:
+    subprocess.run(argv, check=True, capture_output=True)
+    return {}
+
+
+def _job(dagster: DagsterStack, source: str, target: dict[str, Any]) -> dict[str, float]:
     """One "Launch run" of copy_<source>, until the run has ended (it publishes and records the end, as the CLI)."""
     with contextlib.closing(_Watch(target, source)) as chunks_done:
         run_id = dagster.launch_job(f"copy_{source}")
         dagster.wait(f"copy_{source}'s chunks", chunks_done, 1800, every=POLL)
     dagster.wait_run(run_id, 600, every=POLL)
+    return {}
 
 
-def _backfill(dagster: DagsterStack, source: str, target: dict[str, Any]) -> None:
-    """Launch plan_<source>; once it succeeded, a backfill of every partition; until every chunk is done."""
-    dagster.wait_run(dagster.launch_job(f"plan_{source}"), 600, every=POLL)
+RUN_TIMES = """
+query T($filter: RunsFilter!) {
+  runsOrError(filter: $filter) { ... on Runs { results { runId creationTime startTime endTime } } }
+}"""
+
+
+def _backfill(dagster: DagsterStack, source: str, target: dict[str, Any]) -> dict[str, float]:
+    """Launch plan_<source>; once it succeeded, a backfill of every partition, until the UI shows every
+    partition materialized. Returns the backfill's own part (what a user waits for once the chunks are
+    partitions: after a `cm-datacopy ui` start-up, or a copy_<source> that stopped), and prints where the
+    time went, from Dagster's own run records."""
+    clicked = time.time()
+    plan = dagster.launch_job(f"plan_{source}")
+    dagster.wait_run(plan, 600, every=POLL)
+    planned = time.time()
     with contextlib.closing(_Watch(target, source)) as chunks_done:
-        dagster.launch_backfill([[source, "bench", "events"]], f"benchmark {source}")
+        backfill = dagster.launch_backfill([[source, "bench", "events"]], f"benchmark {source}")
         dagster.wait(f"the backfill of {source}", chunks_done, 1800, every=POLL)
 
     def all_materialized() -> bool:
@@ -186,17 +215,79 @@ def _backfill(dagster: DagsterStack, source: str, target: dict[str, Any]) -> Non
         return not status["unmaterializedPartitions"]
 
     dagster.wait(f"Dagster to show every partition of {source} materialized", all_materialized, 600, every=POLL)
+    done = time.time()
+    _print_timeline(dagster, target, plan, backfill, clicked, planned, done)
+    return {"backfill": done - planned}
 
 
-def _report(args: argparse.Namespace, results: dict[str, list[tuple[float, float, int, int]]]) -> None:
+def _print_timeline(
+    dagster: DagsterStack, target: dict[str, Any], plan: str, backfill: str, clicked: float, planned: float, done: float
+) -> None:
+    """Where a plan + backfill spends its time: queue and process start of each run, the copy itself."""
+
+    def runs(**filter: Any) -> list[dict[str, Any]]:
+        return dagster.graphql(RUN_TIMES, {"filter": filter})["runsOrError"]["results"]
+
+    [(first, last)] = pg_rows(
+        target,
+        "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(finished_at)) "
+        "FROM migration_status.migration_chunk_status",
+    )
+    [p] = runs(runIds=[plan])
+    print(
+        f"  plan run: launch -> run starts {p['startTime'] - clicked:.2f} s, "
+        f"runs {p['endTime'] - p['startTime']:.2f} s",
+        file=sys.stderr,
+    )
+    for r in sorted(runs(tags=[{"key": "dagster/backfill", "value": backfill}]), key=lambda r: r["creationTime"]):
+        print(
+            f"  backfill run: launch -> created {r['creationTime'] - planned:.2f} s -> started "
+            f"{r['startTime'] - r['creationTime']:.2f} s -> runs {(r['endTime'] or done) - r['startTime']:.2f} s",
+            file=sys.stderr,
+        )
+    print(
+        f"  chunks: first starts {float(first) - planned:.2f} s after the backfill's launch, last ends "
+        f"{done - float(last):.2f} s before the UI shows all materialized",
+        file=sys.stderr,
+    )
+
+
+def _idle_cpu(dagster: DagsterStack, seconds: float) -> dict[str, float]:
+    """CPU seconds per second each of the webserver and the daemon (with their code servers) use while
+    nothing runs: what their polling loops cost."""
+
+    def cpu() -> dict[tuple[str, int], int]:
+        used = {}
+        for name, proc in dagster.procs.items():
+            for pid in group_members(proc.pid):
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    fields = stat[stat.rindex(")") + 2 :].split()
+                    used[name, pid] = int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return used
+
+    before = cpu()
+    time.sleep(seconds)
+    after = cpu()
+    share = dict.fromkeys(dagster.procs, 0.0)
+    for (name, pid), ticks in after.items():  # processes alive throughout: a run worker may end meanwhile
+        if (name, pid) in before:
+            share[name] += (ticks - before[name, pid]) / os.sysconf("SC_CLK_TCK") / seconds
+    return share
+
+
+def _report(
+    args: argparse.Namespace, results: dict[str, list[tuple[float, float, int, int]]], idle: dict[str, float]
+) -> None:
     """The best round of each way (the least disturbed by whatever else the machine was doing)."""
     best = {way: (min(r[0] for r in runs), min(r[1] for r in runs)) for way, runs in results.items()}
     _, _, rows, chunks = results["cli"][0]
     assert all(r[2:] == (rows, chunks) for runs in results.values() for r in runs), results
     cli_e2e, cli_phase = best["cli"]
-    daemon = "stock daemon (30 s backfill loop)" if args.stock_daemon else "daemon with a 2 s backfill loop"
+    daemon = "stock dagster-daemon (30 s backfill loop)" if args.stock_daemon else "cm-datacopy dagster-daemon"
     print(f"\n{rows:,} rows in {chunks} chunks, workers: {args.workers}, best of {args.repeat} rounds")
     print(f"Dagster: dagster-webserver + {daemon}, storage in PostgreSQL")
+    print("idle, CPU-s per s: " + ", ".join(f"{name} {share:.3f}" for name, share in idle.items()))
     print(f"{'way':42} {'end to end':>12} {'rows/s':>9} {'× CLI':>6}   {'copy phase':>10} {'rows/s':>9} {'× CLI':>6}")
     for way, (e2e, phase) in best.items():
         print(
