@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from rich.console import Console
@@ -149,6 +150,40 @@ def test_status_says_why_a_table_with_every_chunk_done_failed_and_a_publish_only
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "0 chunks" not in resumed.stdout and "0 rows/s" not in resumed.stdout
     assert re.search(r"completed run \S+: nothing left to copy; published copy\.events", resumed.stdout)
+
+
+def test_status_tells_a_stalled_chunk_whose_worker_is_gone_from_one_being_copied(
+    snowflake_server, sf_db, pg_db, config_path
+):
+    """What a killed worker (or a Lambda/ECS task that ended without a report) leaves: its committed claim,
+    status running. Once older than chunk_timeout_seconds no transaction of it can be alive: status says so."""
+    write_config(config_path, snowflake_server, sf_db, pg_db, _tables(snowflake_server, sf_db), workers=2)
+    assert cli(config_path, "run", "analytics").returncode == 0
+    with psycopg.connect(**pg_db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE migration_status.migration_runs SET status = 'running', finished_at = NULL "
+            "WHERE source = 'analytics'"
+        )
+        for index, claimed in ((3, "now() - interval '2 hours'"), (4, "now()")):
+            conn.execute(
+                "UPDATE migration_status.migration_chunk_status SET status = 'running', worker = 'lambda:req-1', "
+                f"started_at = {claimed}, finished_at = NULL WHERE table_key = 'copy.events' AND chunk_index = %s",
+                (index,),
+            )
+    as_json = json.loads(cli(config_path, "status", "analytics", "--json").stdout)
+    chunks = {c["chunk"]: c for c in as_json["problem_chunks"]}
+    assert (chunks[3]["stalled"], chunks[4]["stalled"]) == (True, False)
+    events = next(t for t in as_json["tables"] if t["table"] == "copy.events")
+    assert events["note"].startswith("2 chunks left; 1 stalled: claimed longer ago than chunk_timeout_seconds")
+    flat = " ".join(cli(config_path, "status", "analytics").stdout.split())
+    assert "(stalled: claimed by lambda:req-1 at" in flat and "(being copied by lambda:req-1)" in flat
+
+    # Within chunk_timeout_seconds a claim may still be copying: not stalled.
+    raw = yaml.safe_load(config_path.read_text())
+    raw["sources"]["analytics"]["chunk_timeout_seconds"] = 3 * 3600
+    config_path.write_text(yaml.safe_dump(raw))
+    as_json = json.loads(cli(config_path, "status", "analytics", "--json").stdout)
+    assert not any(c["stalled"] for c in as_json["problem_chunks"])
 
 
 def test_status_of_every_source_and_history(snowflake_server, sf_db, pg_db, config_path):

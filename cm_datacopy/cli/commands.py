@@ -342,7 +342,9 @@ def status(ctx: click.Context, source: str | None, run_id: str | None, as_json: 
         return
     cfg = config.source(source)
     with _pg(cfg) as pg:
-        report = run_status.run_status(pg, Ledger(cfg.postgres.ledger_schema), cfg.name, run_id)
+        report = run_status.run_status(
+            pg, Ledger(cfg.postgres.ledger_schema), cfg.name, run_id, stalled_after=cfg.chunk_timeout_seconds
+        )
     if as_json:
         print_json(run_status.to_json(cfg.name, report))
     else:
@@ -354,7 +356,9 @@ def _overview(sources: list[SourceConfig], as_json: bool) -> None:
     for cfg in sources:
         try:
             with _pg(cfg) as pg:
-                rows.append((cfg.name, run_status.run_status(pg, Ledger(cfg.postgres.ledger_schema), cfg.name), None))
+                ledger = Ledger(cfg.postgres.ledger_schema)
+                report = run_status.run_status(pg, ledger, cfg.name, stalled_after=cfg.chunk_timeout_seconds)
+                rows.append((cfg.name, report, None))
         except LedgerConflict:
             raise  # the database holds another system's tables: one message for all, not one per source
         except DatacopyError as exc:
@@ -379,7 +383,9 @@ def history(ctx: click.Context, source: str | None, limit: int, as_json: bool) -
     """The runs of SOURCE, newest first: status, resumes, chunks and rows, last error."""
     cfg = _source(ctx, source)
     with _pg(cfg) as pg:
-        reports = run_status.history(pg, Ledger(cfg.postgres.ledger_schema), cfg.name, limit)
+        reports = run_status.history(
+            pg, Ledger(cfg.postgres.ledger_schema), cfg.name, limit, stalled_after=cfg.chunk_timeout_seconds
+        )
     if as_json:
         print_json({"source": cfg.name, "runs": [run_status.to_json(cfg.name, r) for r in reports]})
     else:

@@ -119,11 +119,20 @@ def print_status(source: str, report: RunStatus | None, run_id: str | None = Non
                 c["status"],
                 str(c["attempts"]),
                 {True: "yes", False: "no: fix first", None: "–"}[c["error_retryable"]],
-                escape(c["last_error"] or f"(being copied by {c['worker']})"),
+                escape(c["last_error"] or _running(c)),
             )
         console.print(failed)
     if report.run.last_error:
         console.print(f"last error: {escape(report.run.last_error)}")
+
+
+def _running(chunk: dict[str, Any]) -> str:
+    if chunk["stalled"]:
+        return (
+            f"(stalled: claimed by {chunk['worker']} at {chunk['started_at']:%Y-%m-%d %H:%M:%S %Z}, longer ago "
+            "than chunk_timeout_seconds, and never reported: its worker is gone; run again to copy it)"
+        )
+    return f"(being copied by {chunk['worker']})"
 
 
 def print_overview(rows: list[tuple[str, RunStatus | None, str | None]]) -> None:

@@ -941,16 +941,20 @@ class Ledger:
         conn.commit()
         return rows
 
-    def problem_chunks(self, conn: psycopg.Connection[Any], run_id: str) -> list[dict[str, Any]]:
-        """Chunks that failed or are running, with their last error."""
+    def problem_chunks(
+        self, conn: psycopg.Connection[Any], run_id: str, stalled_after: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Chunks that failed or are running, with their last error; ``stalled``: running, and claimed more
+        than ``stalled_after`` seconds ago by the database's clock (the chunk's transaction cannot be alive)."""
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 self.q(
-                    "SELECT table_key, chunk_index, status, attempts, last_error, error_retryable, worker, started_at "
+                    "SELECT table_key, chunk_index, status, attempts, last_error, error_retryable, worker, started_at, "
+                    "coalesce(status = 'running' AND started_at < now() - make_interval(secs => %s), false) AS stalled "
                     "FROM {s}.migration_chunk_status WHERE run_id = %s AND status IN ('failed', 'running') "
                     "ORDER BY table_key, chunk_index"
                 ),
-                (run_id,),
+                (stalled_after, run_id),
             )
             rows = cur.fetchall()
         conn.commit()

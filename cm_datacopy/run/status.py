@@ -59,8 +59,9 @@ class RunStatus:
         return sum(t.rows_copied for t in self.tables)
 
 
-def explain(row: dict[str, Any], run: RunEntry) -> str | None:
-    """Why a table of a run is not completed, in words a user can act on."""
+def explain(row: dict[str, Any], run: RunEntry, stalled: int = 0) -> str | None:
+    """Why a table of a run is not completed, in words a user can act on (``stalled``: its running chunks
+    whose worker is gone)."""
     done, total, failed = row["chunks_done"], row["chunks_total"], row["chunks_failed"]
     publish_pending = row["mode"] == "publish" and row["published_at"] is None
     if done == total and not publish_pending:
@@ -77,12 +78,18 @@ def explain(row: dict[str, Any], run: RunEntry) -> str | None:
     left = total - done
     if failed:
         return f"{failed} of {left} chunks left failed (see below); run again to retry them"
+    if stalled:
+        return (
+            f"{left} chunks left; {stalled} stalled: claimed longer ago than chunk_timeout_seconds and never "
+            "reported (the worker was killed, or a Lambda/ECS task ended without a report); run again, or let "
+            "the auto-resume sensor, copy them again"
+        )
     if run.status == "running":
         return f"{left} chunks left; {row['chunks_running']} being copied"
     return f"{left} chunks left; run again to resume"
 
 
-def _table(row: dict[str, Any], run: RunEntry) -> TableStatus:
+def _table(row: dict[str, Any], run: RunEntry, stalled: int) -> TableStatus:
     rate = row["rows_per_second"]
     return TableStatus(
         table=row["table_key"],
@@ -98,30 +105,48 @@ def _table(row: dict[str, Any], run: RunEntry) -> TableStatus:
         rows_per_second=None if rate is None else float(rate),
         published_at=row["published_at"],
         published_rows=row["published_rows"],
-        note=explain(row, run),
+        note=explain(row, run, stalled),
     )
 
 
-def status_of_run(pg: psycopg.Connection[Any], ledger: Ledger, run: RunEntry) -> RunStatus:
-    tables = [_table(row, run) for row in ledger.table_progress(pg, run.run_id)]
-    return RunStatus(run, tables, ledger.problem_chunks(pg, run.run_id))
+def status_of_run(
+    pg: psycopg.Connection[Any], ledger: Ledger, run: RunEntry, stalled_after: float | None = None
+) -> RunStatus:
+    """``stalled_after``: the source's ``chunk_timeout_seconds``. A chunk claimed longer ago than that and
+    still running has no live transaction (PostgreSQL ends it, and a newer attempt fences it off): its
+    worker is gone, and only a resume copies it."""
+    problems = ledger.problem_chunks(pg, run.run_id, stalled_after)
+    stalled: dict[str, int] = {}
+    for c in problems:
+        if c["stalled"]:
+            stalled[c["table_key"]] = stalled.get(c["table_key"], 0) + 1
+    tables = [_table(row, run, stalled.get(row["table_key"], 0)) for row in ledger.table_progress(pg, run.run_id)]
+    return RunStatus(run, tables, problems)
 
 
-def run_status(pg: psycopg.Connection[Any], ledger: Ledger, source: str, run_id: str | None = None) -> RunStatus | None:
+def run_status(
+    pg: psycopg.Connection[Any],
+    ledger: Ledger,
+    source: str,
+    run_id: str | None = None,
+    stalled_after: float | None = None,
+) -> RunStatus | None:
     """The given run of the source, or its latest; None if there is none."""
     if not ledger.exists(pg):
         return None
     run = ledger.get_run(pg, run_id) if run_id else ledger.latest_run(pg, source)
     if run is None or run.source != source:
         return None
-    return status_of_run(pg, ledger, run)
+    return status_of_run(pg, ledger, run, stalled_after)
 
 
-def history(pg: psycopg.Connection[Any], ledger: Ledger, source: str, limit: int = 20) -> list[RunStatus]:
+def history(
+    pg: psycopg.Connection[Any], ledger: Ledger, source: str, limit: int = 20, stalled_after: float | None = None
+) -> list[RunStatus]:
     """The source's runs, newest first, each with its tables' progress."""
     if not ledger.exists(pg):
         return []
-    return [status_of_run(pg, ledger, run) for run in ledger.runs(pg, source, limit)]
+    return [status_of_run(pg, ledger, run, stalled_after) for run in ledger.runs(pg, source, limit)]
 
 
 # ---- JSON (documented in docs/commands.md; keys are added, never renamed or removed) ---------------
@@ -186,6 +211,7 @@ def to_json(source: str, report: RunStatus | None, error: str | None = None) -> 
                 "last_error": c["last_error"],
                 "worker": c["worker"],
                 "started_at": _time(c["started_at"]),
+                "stalled": c["stalled"],
             }
             for c in (report.problems if report else [])
         ],
