@@ -48,3 +48,32 @@ def test_a_chunk_query_longer_than_60_seconds_completes(snowflake_server, pg_db,
     assert pg_rows(
         pg_db, "SELECT bool_and(source_checksum = target_checksum) FROM migration_status.migration_chunk_status"
     ) == [(True,)]
+
+
+def test_a_chunk_ends_when_its_transaction_commits_not_when_it_began(snowflake_server, pg_db, tmp_path):
+    """The ledger's finished_at is the chunk's commit. Snowflake's checksum of the chunk (here 1.5 s late)
+    is awaited inside the chunk's transaction, whose start PostgreSQL's now() would give instead."""
+    delay = 1.5
+    settings = standin.FaithfulSettings(query_delay=delay, delay_match=r'^SELECT COUNT\(\*\), COALESCE\(SUM\(.*"LATE"')
+    password = os.environ[SNOWFLAKE_PASSWORD_ENV]
+    with standin.running(password, tmp_path / "late", faithful=True, settings=settings) as late:
+        sf_db = new_sf_database(late)
+        sf_execute(
+            late,
+            sf_db,
+            "CREATE TABLE PUBLIC.LATE AS SELECT seq8()::NUMBER(38,0) AS ID, 'row ' || seq8() AS BODY "
+            "FROM TABLE(GENERATOR(ROWCOUNT => 400))",
+        )
+        table = {"source": "LATE", "target_schema": "copy", "chunk_key": "ID", "chunk_size": 200}
+        config = write_config(tmp_path / "cm_datacopy.yaml", late, sf_db, pg_db, [table])
+        result = cli(config, "run", "analytics", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    chunks = pg_rows(
+        pg_db,
+        "SELECT chunk_index, extract(epoch FROM finished_at - started_at)::float8, duration_seconds "
+        "FROM migration_status.migration_chunk_status WHERE status = 'done' ORDER BY chunk_index",
+    )
+    assert len(chunks) == 2
+    for index, elapsed, duration in chunks:
+        assert elapsed >= delay, f"chunk {index}: finished_at is {elapsed:.2f} s after started_at"
+        assert abs(elapsed - duration) < 0.5, f"chunk {index}: {elapsed:.2f} s in the ledger, measured {duration:.2f} s"

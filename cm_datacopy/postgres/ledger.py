@@ -857,12 +857,13 @@ class Ledger:
     ) -> None:
         """Mark the (locked) chunk done, in the transaction that holds its rows; ``hold_open_run`` in the
         same statement: the run's row is share-locked until the commit, and a run that is no longer
-        open marks nothing (``RunClosed``, the caller rolls back)."""
+        open marks nothing (``RunClosed``, the caller rolls back). ``finished_at`` is the clock's time
+        now, just before the commit (``now()`` would be the transaction's start, before the COPY)."""
         cur.execute(
             self.q(
                 "WITH run AS (SELECT status FROM {s}.migration_runs WHERE run_id = %s FOR SHARE) "
                 "UPDATE {s}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-                "duration_seconds = %s, finished_at = now(), last_error = NULL, error_retryable = NULL, "
+                "duration_seconds = %s, finished_at = clock_timestamp(), last_error = NULL, error_retryable = NULL, "
                 "source_rows = %s, source_checksum = %s, target_checksum = %s, nul_replaced = %s "
                 "FROM run WHERE run_id = %s AND table_key = %s AND chunk_index = %s AND run.status = ANY(%s) "
                 "RETURNING run.status"
