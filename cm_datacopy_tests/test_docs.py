@@ -226,6 +226,27 @@ def test_every_documented_command_runs(kept_demo: Demo):
     assert ran >= 30, f"only {ran} documented commands found"
 
 
+def test_every_diagnostic_query_of_the_monitoring_guide_runs_on_a_real_ledger(kept_demo: Demo):
+    """The guide's SQL, as a user pastes it into psql (``<run_id>``: the demo's latest run of analytics)."""
+    run_id = kept_demo.latest_run("analytics")
+    queries = [
+        statement.strip()
+        for block in blocks([REPO / "docs" / "monitoring.md"])
+        if block.lang == "sql"
+        for statement in re.sub(r"--[^\n]*", "", block.text).replace("'<run_id>'", f"'{run_id}'").split(";")
+        if statement.strip()
+    ]
+    assert len(queries) >= 9, queries
+    answered = 0
+    with psycopg.connect(**kept_demo.pg) as conn:
+        for query in queries:
+            assert not re.search(r"'<\w+>'", query), f"a placeholder is left: {query}"
+            rows = conn.execute(query).fetchall()
+            answered += bool(rows)
+        conn.rollback()
+    assert answered >= 4, "the guide's queries found nothing in a ledger holding completed runs"
+
+
 def test_every_documented_aws_command_is_covered():
     lines = commands("bash aws")
     assert lines, "the deployment pages show their AWS commands in ```bash aws blocks"
