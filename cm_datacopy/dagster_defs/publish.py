@@ -3,8 +3,9 @@
 In publish mode its materialization is the swap (``cm_datacopy.run.publish.publish_table``: the
 shadow's rows replace the target's in one transaction, after the ledger and the target guards
 agree); in place, the chunks already wrote the target, and it records that every chunk is done.
-``copy_<source>`` records it itself; for chunks copied by backfills, the publish sensor requests it
-once every chunk of the table is done in the current migration run.
+``copy_<source>`` records it itself; for chunks copied by backfills (or by ``cm-datacopy run``), the
+publish sensor, once every chunk of the table is done in the current migration run, requests it (publish
+mode) or records it (in place: nothing is left to do).
 """
 
 from collections.abc import Callable
@@ -91,10 +92,15 @@ def published_asset(cfg: SourceConfig, table: TableConfig) -> dg.AssetsDefinitio
 
 def publish_requests(
     instance: dg.DagsterInstance, config: Config, load_source_cfg: Callable[[str], SourceConfig]
-) -> list[dg.RunRequest]:
-    """A request per table whose chunks are all done in its source's current run and whose published
-    asset has not recorded that run yet (``copy_<source>`` records it itself); once per table and run."""
-    requests = []
+) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
+    """What to do for each table whose chunks are all done in its source's current run and whose published
+    asset has not recorded that run yet (``copy_<source>`` records it itself); once per table and run.
+
+    A publish-mode table gets a run request: its swap is work, with a run's logs and retries. An in-place
+    table has nothing left to do (its chunks wrote the target): the sensor records its materialization
+    itself, rather than start a run worker process (a few CPU-seconds) to write one event."""
+    requests: list[dg.RunRequest] = []
+    recorded: list[dg.AssetMaterialization] = []
     for name, file_cfg in config.sources.items():
         cfg = load_source_cfg(name)
         ledger = Ledger(cfg.postgres.ledger_schema)
@@ -104,20 +110,24 @@ def publish_requests(
                 if run is None or run.status == "superseded":
                     continue
                 open_tables = {c.table_key for c in ledger.chunks(pg, run.run_id, open_only=True)}
+                for table in file_cfg.tables:
+                    key = published_asset_key(name, table)
+                    if table.key in open_tables or _recorded(instance, key, run.run_id):
+                        continue
+                    if table.mode == "in_place":
+                        metadata = published_metadata(ledger, pg, run.run_id, table, PublishResult(table.key, False))
+                        recorded.append(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+                        continue
+                    requests.append(
+                        dg.RunRequest(
+                            run_key=f"publish:{run.run_id}:{table.key}",
+                            asset_selection=[key],
+                            tags={tags.SOURCE: name, tags.MIGRATION_RUN: run.run_id},
+                        )
+                    )
         except (psycopg.Error, DatacopyError):
             continue
-        for table in file_cfg.tables:
-            key = published_asset_key(name, table)
-            if table.key in open_tables or _recorded(instance, key, run.run_id):
-                continue
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"publish:{run.run_id}:{table.key}",
-                    asset_selection=[key],
-                    tags={tags.SOURCE: name, tags.MIGRATION_RUN: run.run_id},
-                )
-            )
-    return requests
+    return requests, recorded
 
 
 def _recorded(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> bool:
@@ -141,9 +151,9 @@ def publish_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        requests = publish_requests(context.instance, config, load_source_cfg)
-        if not requests:
+        requests, recorded = publish_requests(context.instance, config, load_source_cfg)
+        if not requests and not recorded:
             return dg.SkipReason("no table has all its chunks done and unpublished")
-        return dg.SensorResult(run_requests=requests)
+        return dg.SensorResult(run_requests=requests, asset_events=recorded)
 
     return _sensor

@@ -78,7 +78,7 @@ def test_copy_source_copies_everything_in_one_run_and_launched_again_only_what_i
         assert published.metadata["rows"].value == EVENTS_ROWS
         assert published.metadata["outcome"].value == "complete (in place)"
         config = load_config(config_path)
-        assert publish_requests(instance, config, config.source) == [], "the job recorded both tables itself"
+        assert publish_requests(instance, config, config.source) == ([], []), "the job recorded both tables itself"
 
 
 def test_copy_source_publishes_publish_mode_tables_and_respects_no_resume(snowflake_server, sf_db, pg_db, config_path):
