@@ -8,8 +8,11 @@ SELECT by 65 s and answers "in progress" after 45 s, as Snowflake does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,19 +22,29 @@ from cm_datacopy_tests.helpers import SNOWFLAKE_PASSWORD_ENV, cli, new_sf_databa
 DELAY = 65
 
 
+@contextlib.contextmanager
+def _delayed_standin(
+    tmp_path: Path, table: str, rows: int, delay: float, match: str
+) -> Iterator[tuple[standin.StandinSnowflake, str]]:
+    """A faithful stand-in of its own that delays the statements matching ``match``, with ``PUBLIC.<table>``
+    of ``rows`` rows (ID, BODY)."""
+    settings = standin.FaithfulSettings(query_delay=delay, delay_match=match)
+    password = os.environ[SNOWFLAKE_PASSWORD_ENV]  # set by the snowflake_server fixture; the config reads it
+    with standin.running(password, tmp_path / table.lower(), faithful=True, settings=settings) as server:
+        sf_db = new_sf_database(server)
+        sf_execute(
+            server,
+            sf_db,
+            f"CREATE TABLE PUBLIC.{table} AS SELECT seq8()::NUMBER(38,0) AS ID, 'row ' || seq8() AS BODY "
+            f"FROM TABLE(GENERATOR(ROWCOUNT => {rows}))",
+        )
+        yield server, sf_db
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_chunk_query_longer_than_60_seconds_completes(snowflake_server, pg_db, tmp_path):
-    settings = standin.FaithfulSettings(query_delay=DELAY, delay_match=r'^SELECT "ID", "BODY" FROM .*"SLOW"')
-    password = os.environ[SNOWFLAKE_PASSWORD_ENV]  # set by the snowflake_server fixture; the config reads it
-    with standin.running(password, tmp_path / "slow", faithful=True, settings=settings) as slow:
-        sf_db = new_sf_database(slow)
-        sf_execute(
-            slow,
-            sf_db,
-            "CREATE TABLE PUBLIC.SLOW AS SELECT seq8()::NUMBER(38,0) AS ID, 'row ' || seq8() AS BODY "
-            "FROM TABLE(GENERATOR(ROWCOUNT => 500))",
-        )
+    with _delayed_standin(tmp_path, "SLOW", 500, DELAY, r'^SELECT "ID", "BODY" FROM .*"SLOW"') as (slow, sf_db):
         config = write_config(
             tmp_path / "cm_datacopy.yaml", slow, sf_db, pg_db, [{"source": "SLOW", "target_schema": "copy"}]
         )
@@ -54,16 +67,8 @@ def test_a_chunk_ends_when_its_transaction_commits_not_when_it_began(snowflake_s
     """The ledger's finished_at is the chunk's commit. Snowflake's checksum of the chunk (here 1.5 s late)
     is awaited inside the chunk's transaction, whose start PostgreSQL's now() would give instead."""
     delay = 1.5
-    settings = standin.FaithfulSettings(query_delay=delay, delay_match=r'^SELECT COUNT\(\*\), COALESCE\(SUM\(.*"LATE"')
-    password = os.environ[SNOWFLAKE_PASSWORD_ENV]
-    with standin.running(password, tmp_path / "late", faithful=True, settings=settings) as late:
-        sf_db = new_sf_database(late)
-        sf_execute(
-            late,
-            sf_db,
-            "CREATE TABLE PUBLIC.LATE AS SELECT seq8()::NUMBER(38,0) AS ID, 'row ' || seq8() AS BODY "
-            "FROM TABLE(GENERATOR(ROWCOUNT => 400))",
-        )
+    checksum = r'^SELECT COUNT\(\*\), COALESCE\(SUM\(.*"LATE"'
+    with _delayed_standin(tmp_path, "LATE", 400, delay, checksum) as (late, sf_db):
         table = {"source": "LATE", "target_schema": "copy", "chunk_key": "ID", "chunk_size": 200}
         config = write_config(tmp_path / "cm_datacopy.yaml", late, sf_db, pg_db, [table])
         result = cli(config, "run", "analytics", timeout=300)
