@@ -8,6 +8,7 @@ queries in docs/monitoring.md are the same ones, to run by hand.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +117,7 @@ def status_of_run(
     still running has no live transaction (PostgreSQL ends it, and a newer attempt fences it off): its
     worker is gone, and only a resume copies it."""
     problems = ledger.problem_chunks(pg, run.run_id, stalled_after)
-    stalled: dict[str, int] = {}
-    for c in problems:
-        if c["stalled"]:
-            stalled[c["table_key"]] = stalled.get(c["table_key"], 0) + 1
+    stalled = Counter(c["table_key"] for c in problems if c["stalled"])
     tables = [_table(row, run, stalled.get(row["table_key"], 0)) for row in ledger.table_progress(pg, run.run_id)]
     return RunStatus(run, tables, problems)
 

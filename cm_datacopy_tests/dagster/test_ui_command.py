@@ -11,18 +11,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from cm_datacopy_tests.dagster.stack import DagsterStack, free_port, processes_with_env
+from cm_datacopy_tests.dagster.stack import BIN, DagsterStack, free_port, processes_with_env
 from cm_datacopy_tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 ROWS = 4_000  # per sample table: events is 2 chunks
 DAEMON_HEALTH = '{ instance { daemonHealth { daemonStatus(daemonType: "BACKFILL") { healthy } } } }'
 
