@@ -507,7 +507,8 @@ def ui(workdir: str, rows: int, host: str, port: int) -> None:
 )
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def dagster_daemon(args: tuple[str, ...]) -> None:
-    """dagster-daemon (same arguments) whose backfill loop wakes every second, not every 30 s.
+    """dagster-daemon (same arguments) whose backfill loop wakes every second, not every 30 s, and whose
+    storage keeps its PostgreSQL connections open.
 
     Run it where you would run `dagster-daemon run`; CM_DATACOPY_BACKFILL_LOOP_SECONDS sets the interval.
     """

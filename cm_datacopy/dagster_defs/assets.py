@@ -22,9 +22,10 @@ import psycopg
 from cm_datacopy.chunk import ChunkTask, Worker, copy_chunk
 from cm_datacopy.config import SourceConfig, TableConfig
 from cm_datacopy.dagster_defs import partitions, tags
+from cm_datacopy.dagster_defs.instance import reuse_storage_connections
 from cm_datacopy.dagster_defs.reporting import ChunkFailure, ChunkReporter, check_spec, chunks_failure
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
-from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, reuse_storage_connections, source_lock
+from cm_datacopy.dagster_defs.steps import copy_tasks, load_source, pool_name, source_lock
 from cm_datacopy.errors import DatacopyError
 from cm_datacopy.postgres.ledger import Ledger, RunEntry
 from cm_datacopy.postgres.lock import SourceLock

@@ -16,7 +16,7 @@ idle and thirty while a backfill runs, each a backend the database forks, authen
 down. On a 2-core machine that churn slowed the copy it was watching (``benchmarks/dagster_vs_cli.py``:
 a backfill's first chunk started 3 s later, and its chunks copied a fifth slower than the
 ``copy_<source>`` job's). This daemon's storage holds its connections open, as the webserver's does
-(``DagsterInstance.optimize_for_webserver``, without a statement timeout).
+(``cm_datacopy.dagster_defs.instance.reuse_storage_connections``, as the copying steps do).
 
 Both changes reach into Dagster's private modules; if a Dagster release moves either, the command
 fails at once saying so, rather than quietly running the stock daemon.
@@ -29,6 +29,7 @@ import os
 import sys
 from typing import Any
 
+from cm_datacopy.dagster_defs.instance import reuse_storage_connections
 from cm_datacopy.errors import ConfigError
 
 LOOP_ENV = "CM_DATACOPY_BACKFILL_LOOP_SECONDS"
@@ -59,9 +60,8 @@ def set_backfill_loop(seconds: float) -> None:
 
 
 def pool_storage_connections() -> None:
-    """Have the daemon's storage keep its PostgreSQL connections open, as the webserver's does (one held,
-    up to 20 more while threads overlap): the instance the daemon's command builds is changed before
-    any loop starts."""
+    """Have the daemon's storage keep its PostgreSQL connections open, as the webserver's does: the
+    instance the daemon's command builds is changed before any loop starts."""
     import dagster._daemon.cli as daemon_cli
 
     run_command = getattr(daemon_cli, "_daemon_run_command", None)
@@ -69,7 +69,7 @@ def pool_storage_connections() -> None:
         raise RuntimeError("this Dagster has no dagster._daemon.cli._daemon_run_command: run dagster-daemon itself")
 
     def pooled(instance: Any, *args: Any, **kwargs: Any) -> Any:
-        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=20)
+        reuse_storage_connections(instance)
         return run_command(instance, *args, **kwargs)
 
     daemon_cli._daemon_run_command = pooled

@@ -27,6 +27,7 @@ from cm_datacopy.chunk import ChunkTask
 from cm_datacopy.chunk.task import classify
 from cm_datacopy.config import SourceConfig
 from cm_datacopy.dagster_defs import partitions, tags
+from cm_datacopy.dagster_defs.instance import reuse_storage_connections
 from cm_datacopy.dagster_defs.publish import published_asset_key, published_metadata
 from cm_datacopy.dagster_defs.reporting import ChunkReporter, chunks_failure, error_failure, step_failure
 from cm_datacopy.dagster_defs.resources import DatacopyConfig
@@ -35,7 +36,6 @@ from cm_datacopy.dagster_defs.steps import (
     ensure_pool_limit,
     load_source,
     pool_name,
-    reuse_storage_connections,
     source_lock,
 )
 from cm_datacopy.errors import DatacopyError

@@ -87,14 +87,3 @@ def copy_tasks(
                     ChunkFailure("(the rest)", f"the step lost the lock of source {cfg.name}; it stopped", True)
                 )
                 return
-
-
-def reuse_storage_connections(instance: Any) -> None:
-    """For the rest of this run's process, Dagster's storage statements reuse pooled connections.
-
-    Outside its webserver, Dagster's PostgreSQL storage opens a new connection for every statement; a
-    copying step records two events per chunk (about seven connections), which on a busy machine cost
-    the copy a fifth of its speed (``benchmarks/dagster_vs_cli.py``). The webserver's own setting,
-    applied here, keeps one connection open instead (no statement timeout: the same as without it).
-    """
-    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=8)
